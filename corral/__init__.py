@@ -1,0 +1,1 @@
+"""corral: run Llama-family language models from GGUF, GPTQ and fp16 checkpoints."""

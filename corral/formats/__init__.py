@@ -1,0 +1,1 @@
+"""Readers of checkpoint files: they know bytes and metadata, never the model."""

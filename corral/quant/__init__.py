@@ -1,0 +1,1 @@
+"""Quantization schemes: type tables and dequantization (see ggml_types, legacy, kquants)."""
