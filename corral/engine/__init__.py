@@ -1,0 +1,1 @@
+"""The engine works on token ids only: prefill, decode, stop conditions."""

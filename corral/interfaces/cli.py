@@ -1,0 +1,97 @@
+"""The `corral` command line: `corral run`, `corral info`."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from corral.errors import CorralError
+from corral.loader import default_dtype
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that load a model."""
+    parser.add_argument("-m", "--model", type=Path, help="GGUF file (default: embedded model)")
+    parser.add_argument("-c", "--ctx-size", type=int, help="context window in tokens")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """llama.cpp-style sampling options."""
+    parser.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy")
+    parser.add_argument("--top-k", type=int, default=40, help="0 = disabled")
+    parser.add_argument("--top-p", type=float, default=0.95, help="1.0 = disabled")
+    parser.add_argument("--seed", type=int, help="random seed (default: random)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with all subcommands."""
+    parser = argparse.ArgumentParser(prog="corral", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="continue a prompt, streaming to stdout")
+    add_model_args(run)
+    run.add_argument("-p", "--prompt", required=True)
+    run.add_argument("-n", "--n-predict", type=int, default=128, help="max new tokens")
+    run.add_argument(
+        "--special", action="store_true", help="parse special tokens like <|im_start|> in -p"
+    )
+    add_sampling_args(run)
+
+    info = commands.add_parser("info", help="describe a GGUF file")
+    info.add_argument("model", type=Path, nargs="?", help="GGUF file (default: embedded model)")
+    info.add_argument("-c", "--ctx-size", type=int, help="context for the memory estimate")
+    info.add_argument("--device", default="cpu", help="device the estimate is for")
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Stream a continuation of the prompt to stdout."""
+    from corral.interfaces.api import LLM
+
+    llm = LLM(args.model, n_ctx=args.ctx_size, device=args.device)
+    stream = llm.stream(
+        args.prompt,
+        args.n_predict,
+        parse_special=args.special,
+        temperature=args.temp,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    sys.stdout.write(args.prompt)
+    for piece in stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    """Print what a GGUF file holds."""
+    from corral.default_model import default_model_path
+    from corral.tools.info import describe
+
+    path = args.model or default_model_path()
+    rows = describe(path, args.ctx_size, default_dtype(torch.device(args.device)))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label + ':':<{width + 1}} {value}")
+
+
+COMMANDS = {"run": cmd_run, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `corral` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (CorralError, FileNotFoundError, ValueError) as error:
+        print(f"corral: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

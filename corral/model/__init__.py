@@ -1,0 +1,1 @@
+"""The Llama transformer in plain PyTorch: no I/O, no format branches."""

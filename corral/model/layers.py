@@ -1,0 +1,128 @@
+"""Building blocks of the Llama transformer: RMSNorm, rotary embedding, KV cache, attention, MLP.
+
+Shapes use B = batch, T = new tokens, S = cached positions, H = query heads,
+Hkv = key/value heads, D = head dim, E = embedding width.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from corral.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(dim))  # (E,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).to(x.dtype)
+
+
+def rope_tables(config: ModelConfig, n_positions: int, device: torch.device) -> torch.Tensor:
+    """cos/sin of every position and rotated pair: (n_positions, rope_dim // 2, 2), float32.
+
+    theta(p, i) = (p / rope_scale) * freq_base^(-2i / rope_dim), as llama.cpp computes it;
+    linear RoPE scaling (8K fine-tunes of 4K models use factor 2) divides the position.
+    """
+    half = config.rope_dim // 2
+    exponents = torch.arange(half, device=device, dtype=torch.float32) * 2 / config.rope_dim
+    inv_freq = config.rope_freq_base ** (-exponents)  # (rope_dim/2,)
+    positions = torch.arange(n_positions, device=device, dtype=torch.float32) / config.rope_scale
+    angles = torch.outer(positions, inv_freq)  # (n_positions, rope_dim/2)
+    return torch.stack((angles.cos(), angles.sin()), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of the first rope_dim dims (GGUF "normal" mode).
+
+    x: (B, T, heads, D); table: (T, rope_dim/2, 2). GGUF files store Q/K rows permuted by the
+    converter so that this pairing equals HF's rotate-half on the original weights.
+    """
+    rope_dim = table.shape[1] * 2
+    rotated, passthrough = x[..., :rope_dim], x[..., rope_dim:]
+    pairs = rotated.float().reshape(*x.shape[:-1], rope_dim // 2, 2)  # (B, T, heads, rd/2, 2)
+    cos = table[None, :, None, :, 0]  # (1, T, 1, rd/2)
+    sin = table[None, :, None, :, 1]
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    out = out.flatten(-2).to(x.dtype)  # (B, T, heads, rope_dim)
+    return torch.cat((out, passthrough), dim=-1) if passthrough.numel() else out
+
+
+class KVCache(nn.Module):
+    """Static per-layer key/value cache: shapes never change, positions are written in place."""
+
+    def __init__(
+        self, batch: int, n_positions: int, n_head_kv: int, head_dim: int, dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        shape = (batch, n_head_kv, n_positions, head_dim)  # (B, Hkv, S, D)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    def update(
+        self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, end: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, Hkv, T, D) at `positions`; return the cache up to `end`."""
+        self.k[:, :, positions] = k
+        self.v[:, :, positions] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped-query KV heads and rotary positions."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_head_kv, self.head_dim = (
+            config.n_head,
+            config.n_head_kv,
+            config.head_dim,
+        )
+        q_width, kv_width = config.n_head * config.head_dim, config.n_head_kv * config.head_dim
+        self.wq = nn.Linear(config.n_embd, q_width, bias=False)
+        self.wk = nn.Linear(config.n_embd, kv_width, bias=False)
+        self.wv = nn.Linear(config.n_embd, kv_width, bias=False)
+        self.wo = nn.Linear(q_width, config.n_embd, bias=False)
+        self.cache: KVCache | None = None
+
+    def forward(
+        self, x: torch.Tensor, rope: torch.Tensor, positions: torch.Tensor, end: int
+    ) -> torch.Tensor:
+        """x: (B, T, E) at `positions` (T,), contiguous and ending at `end` - 1."""
+        batch, n_new, _ = x.shape
+        q = self.wq(x).view(batch, n_new, self.n_head, self.head_dim)  # (B, T, H, D)
+        k = self.wk(x).view(batch, n_new, self.n_head_kv, self.head_dim)  # (B, T, Hkv, D)
+        v = self.wv(x).view(batch, n_new, self.n_head_kv, self.head_dim)  # (B, T, Hkv, D)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
+        if self.cache is None:
+            raise RuntimeError("Attention.cache is not set up: call Transformer.setup_cache")
+        k, v = self.cache.update(positions, k, v, end)  # (B, Hkv, end, D)
+        mask = None
+        if n_new > 1:
+            key_pos = torch.arange(end, device=x.device)
+            mask = key_pos[None, :] <= positions[:, None]  # (T, end): causal
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        out = out.transpose(1, 2).reshape(batch, n_new, self.n_head * self.head_dim)  # (B, T, H*D)
+        return self.wo(out)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU MLP: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.w_gate = nn.Linear(config.n_embd, config.n_ff, bias=False)
+        self.w_up = nn.Linear(config.n_embd, config.n_ff, bias=False)
+        self.w_down = nn.Linear(config.n_ff, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))

@@ -1,0 +1,1 @@
+"""Tools on model files: info (and later quantize, perplexity, bench)."""

@@ -1,0 +1,87 @@
+"""`corral info`: what a GGUF file holds and the memory needed to run it, from the header alone."""
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from corral.config import ModelConfig
+from corral.formats.gguf import GGUFFile
+from corral.loader import read_config
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes corral needs to run a model: weights as held in memory plus the KV cache."""
+
+    weights: int
+    kv_cache: int
+
+    @property
+    def total(self) -> int:
+        """Weights plus KV cache."""
+        return self.weights + self.kv_cache
+
+
+def estimate_memory(config: ModelConfig, n_ctx: int, dtype: torch.dtype) -> MemoryEstimate:
+    """Memory to run `config` at `n_ctx` tokens with weights dequantized to `dtype`.
+
+    Weights are held dequantized (norms in float32); the KV cache holds K and V for every
+    layer, KV head and position in `dtype`.
+    """
+    width = torch.finfo(dtype).bits // 8
+    weights = config.n_params() * width
+    kv_cache = 2 * config.n_layer * n_ctx * config.n_head_kv * config.head_dim * width
+    return MemoryEstimate(weights=weights, kv_cache=kv_cache)
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_count(n: int) -> str:
+    """134515008 -> '134.5M'."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def describe(path: Path, n_ctx: int | None, dtype: torch.dtype) -> list[tuple[str, str]]:
+    """(label, value) rows describing the model file at `path`."""
+    with GGUFFile(path) as gguf:
+        config = read_config(gguf)
+        meta = gguf.metadata
+        types = Counter(info.ggml_type.name for info in gguf.tensors.values())
+    ctx = n_ctx or config.context_length
+    memory = estimate_memory(config, ctx, dtype)
+    gqa = f" (GQA {config.n_kv_groups}:1)" if config.n_kv_groups > 1 else ""
+    rope = f"freq base {config.rope_freq_base:g}, {config.rope_dim} dims"
+    if config.rope_scale != 1.0:
+        rope += f", linear scaling x{config.rope_scale:g}"
+    tokenizer = f"{meta.get('tokenizer.ggml.model', '?')} ({meta.get('tokenizer.ggml.pre', '-')})"
+    return [
+        ("file", f"{path} ({human_bytes(path.stat().st_size)})"),
+        ("name", str(meta.get("general.name", "-"))),
+        ("architecture", str(meta["general.architecture"])),
+        ("parameters", human_count(config.n_params())),
+        ("context length", f"{config.context_length} (trained)"),
+        ("layers", str(config.n_layer)),
+        ("width", f"embedding {config.n_embd}, feed-forward {config.n_ff}"),
+        ("attention", f"{config.n_head} heads, {config.n_head_kv} KV heads{gqa}, "
+                      f"head dim {config.head_dim}"),
+        ("rope", rope),
+        ("vocabulary", f"{config.n_vocab} tokens, {tokenizer}"),
+        ("tensor types", ", ".join(f"{name} x{count}" for name, count in types.most_common())),
+        (
+            f"memory at -c {ctx}",
+            f"{human_bytes(memory.total)} (weights {human_bytes(memory.weights)} as "
+            f"{str(dtype).removeprefix('torch.')}, KV cache {human_bytes(memory.kv_cache)})",
+        ),
+    ]
