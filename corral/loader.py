@@ -116,6 +116,8 @@ def load_gguf_model(
 ) -> LoadedModel:
     """Build the Transformer of an opened GGUF file on `device` with a KV cache of `n_ctx`."""
     config = read_config(gguf)
+    if n_ctx <= 0:
+        raise ValueError(f"the context size must be positive, got {n_ctx}")
     with torch.device("meta"):
         model = Transformer(config)
     state: dict[str, torch.Tensor] = {}
@@ -129,11 +131,6 @@ def load_gguf_model(
     model.setup_cache(batch=1, n_positions=n_ctx)
     types = {name: info.ggml_type for name, info in gguf.tensors.items()}
     return LoadedModel(model=model, config=config, tensor_types=types)
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """float32 on CPU (exact, and CPU matmuls are fastest there); float16 on CUDA."""
-    return torch.float16 if device.type == "cuda" else torch.float32
 
 
 def resolve_path(path: str | Path) -> Path:

@@ -8,8 +8,9 @@ import torch
 from corral.config import ModelConfig
 from corral.default_model import default_model_path
 from corral.engine.generate import generate_ids
+from corral.engine.memory import choose_dtype
 from corral.formats.gguf import GGUFFile
-from corral.loader import default_dtype, load_gguf_model, resolve_path
+from corral.loader import load_gguf_model, read_config, resolve_path
 from corral.sampling import SamplingParams
 from corral.tokenizer import StreamingDetokenizer, Tokenizer
 
@@ -31,17 +32,16 @@ class LLM:
 
         n_ctx: KV cache size in tokens; default min(model context, 4096).
         device: "cpu", "cuda", "cuda:1", ...; default CUDA when available.
-        dtype: compute dtype; default float32 on CPU, float16 on CUDA.
+        dtype: compute dtype; default float16 on CUDA; on CPU float32, or bfloat16 when
+            float32 weights would not fit in memory (see corral.engine.memory).
         """
         self.path = resolve_path(path) if path is not None else default_model_path()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = dtype or default_dtype(self.device)
         with GGUFFile(self.path) as gguf:
             self.tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, source=str(self.path))
-            context = gguf.metadata.get("llama.context_length", DEFAULT_CONTEXT)
-            self.n_ctx = n_ctx or min(int(context), DEFAULT_CONTEXT)
-            if self.n_ctx <= 0:
-                raise ValueError(f"n_ctx must be positive, got {self.n_ctx}")
+            config = read_config(gguf)
+            self.n_ctx = n_ctx or min(config.context_length, DEFAULT_CONTEXT)
+            self.dtype = dtype or choose_dtype(config, self.n_ctx, self.device)
             loaded = load_gguf_model(gguf, self.device, self.dtype, self.n_ctx)
         self.model = loaded.model
         self.config: ModelConfig = loaded.config

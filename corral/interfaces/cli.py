@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 from corral.errors import CorralError
-from corral.loader import default_dtype
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +72,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     from corral.tools.info import describe
 
     path = args.model or default_model_path()
-    rows = describe(path, args.ctx_size, default_dtype(torch.device(args.device)))
+    rows = describe(path, args.ctx_size, torch.device(args.device))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label + ':':<{width + 1}} {value}")

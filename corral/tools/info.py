@@ -1,39 +1,13 @@
 """`corral info`: what a GGUF file holds and the memory needed to run it, from the header alone."""
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from corral.config import ModelConfig
+from corral.engine.memory import choose_dtype, estimate_memory
 from corral.formats.gguf import GGUFFile
 from corral.loader import read_config
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Bytes corral needs to run a model: weights as held in memory plus the KV cache."""
-
-    weights: int
-    kv_cache: int
-
-    @property
-    def total(self) -> int:
-        """Weights plus KV cache."""
-        return self.weights + self.kv_cache
-
-
-def estimate_memory(config: ModelConfig, n_ctx: int, dtype: torch.dtype) -> MemoryEstimate:
-    """Memory to run `config` at `n_ctx` tokens with weights dequantized to `dtype`.
-
-    Weights are held dequantized (norms in float32); the KV cache holds K and V for every
-    layer, KV head and position in `dtype`.
-    """
-    width = torch.finfo(dtype).bits // 8
-    weights = config.n_params() * width
-    kv_cache = 2 * config.n_layer * n_ctx * config.n_head_kv * config.head_dim * width
-    return MemoryEstimate(weights=weights, kv_cache=kv_cache)
 
 
 def human_bytes(n: float) -> str:
@@ -53,13 +27,15 @@ def human_count(n: int) -> str:
     return str(n)
 
 
-def describe(path: Path, n_ctx: int | None, dtype: torch.dtype) -> list[tuple[str, str]]:
-    """(label, value) rows describing the model file at `path`."""
+def describe(path: Path, n_ctx: int | None, device: torch.device) -> list[tuple[str, str]]:
+    """(label, value) rows describing the model file at `path`, with the memory needed to
+    run it on `device` at `n_ctx` tokens (default: its trained context length)."""
     with GGUFFile(path) as gguf:
         config = read_config(gguf)
         meta = gguf.metadata
         types = Counter(info.ggml_type.name for info in gguf.tensors.values())
     ctx = n_ctx or config.context_length
+    dtype = choose_dtype(config, ctx, device)
     memory = estimate_memory(config, ctx, dtype)
     gqa = f" (GQA {config.n_kv_groups}:1)" if config.n_kv_groups > 1 else ""
     rope = f"freq base {config.rope_freq_base:g}, {config.rope_dim} dims"
@@ -74,8 +50,10 @@ def describe(path: Path, n_ctx: int | None, dtype: torch.dtype) -> list[tuple[st
         ("context length", f"{config.context_length} (trained)"),
         ("layers", str(config.n_layer)),
         ("width", f"embedding {config.n_embd}, feed-forward {config.n_ff}"),
-        ("attention", f"{config.n_head} heads, {config.n_head_kv} KV heads{gqa}, "
-                      f"head dim {config.head_dim}"),
+        (
+            "attention",
+            f"{config.n_head} heads, {config.n_head_kv} KV heads{gqa}, head dim {config.head_dim}",
+        ),
         ("rope", rope),
         ("vocabulary", f"{config.n_vocab} tokens, {tokenizer}"),
         ("tensor types", ", ".join(f"{name} x{count}" for name, count in types.most_common())),
