@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from corral.config import ModelConfig, config_from_gguf
-from corral.errors import ModelFormatError
+from corral.errors import CorralError, ModelFormatError
 from corral.formats.gguf import GGUFFile, TensorInfo
 from corral.model.llama import Transformer
 from corral.quant.dequant import dequantize
@@ -99,7 +99,10 @@ def load_tensor(
     """Dequantize one tensor onto `device` (packed bytes are moved first, then expanded)."""
     packed = torch.frombuffer(bytearray(gguf.tensor_bytes(info.name)), dtype=torch.uint8)
     out_dtype = torch.float32 if len(info.shape) == 1 else dtype  # norms stay in float32
-    return dequantize(packed.to(device), info.ggml_type, info.shape, dtype=out_dtype)
+    try:
+        return dequantize(packed.to(device), info.ggml_type, info.shape, dtype=out_dtype)
+    except CorralError as error:
+        raise type(error)(f"{gguf.path}: tensor '{info.name}': {error}") from error
 
 
 @dataclass(frozen=True)

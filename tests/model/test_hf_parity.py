@@ -56,7 +56,9 @@ def load_corral(tmp_path, hf: LlamaForCausalLM):
 def test_full_sequence_logits_match_transformers(tmp_path, variant):
     hf = tiny_hf_model(seed=1, **VARIANTS[variant])
     model = load_corral(tmp_path, hf)
-    ids = torch.randint(3, hf.config.vocab_size, (1, 48), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(
+        3, hf.config.vocab_size, (1, 48), generator=torch.Generator().manual_seed(2)
+    )
     with torch.no_grad():
         expected = hf(ids).logits  # (1, T, V)
     actual = model(ids, 0)
@@ -68,7 +70,9 @@ def test_full_sequence_logits_match_transformers(tmp_path, variant):
 def test_cached_decode_matches_transformers(tmp_path, variant):
     hf = tiny_hf_model(seed=3, **VARIANTS[variant])
     model = load_corral(tmp_path, hf)
-    ids = torch.randint(3, hf.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(4))
+    ids = torch.randint(
+        3, hf.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(4)
+    )
     with torch.no_grad():
         expected = hf(ids).logits[0]  # (T, V)
     prompt = 25
@@ -83,7 +87,9 @@ def test_position_far_into_context_matches(tmp_path):
     """RoPE at large positions (linear scaling halves them) stays equal to transformers."""
     hf = tiny_hf_model(seed=5, **VARIANTS["rope-linear-x2"])
     model = load_corral(tmp_path, hf)
-    ids = torch.randint(3, hf.config.vocab_size, (1, 120), generator=torch.Generator().manual_seed(6))
+    ids = torch.randint(
+        3, hf.config.vocab_size, (1, 120), generator=torch.Generator().manual_seed(6)
+    )
     with torch.no_grad():
         expected = hf(ids).logits
     assert (model(ids, 0) - expected).abs().max().item() < TOLERANCE
