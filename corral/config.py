@@ -58,8 +58,7 @@ def _get(meta: Mapping[str, Any], key: str, kind: type, source: str, default: An
         value = float(value)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise ModelFormatError(
-            f"{source}: metadata key '{key}' should be {kind.__name__}, "
-            f"got {type(value).__name__}"
+            f"{source}: metadata key '{key}' should be {kind.__name__}, got {type(value).__name__}"
         )
     return value
 

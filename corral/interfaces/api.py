@@ -72,7 +72,8 @@ class LLM:
         Sampling keywords: temperature, top_k, top_p, seed (see SamplingParams).
         """
         prompt_ids = self.tokenize(prompt, parse_special=parse_special)
-        detokenizer = StreamingDetokenizer(self.tokenizer)
+        # no llama.cpp space clean-up on generated text: it would damage code (" ?" -> "?")
+        detokenizer = StreamingDetokenizer(self.tokenizer, clean_spaces=False)
         for token in self.generate_tokens(prompt_ids, max_tokens, **sampling):
             piece = detokenizer.push(token)
             if piece:

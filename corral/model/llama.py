@@ -49,9 +49,7 @@ class Transformer(nn.Module):
             layer.attn.cache = cache.to(weight.device)
 
     @torch.inference_mode()
-    def forward(
-        self, tokens: torch.Tensor, start: int, *, last_only: bool = False
-    ) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, start: int, *, last_only: bool = False) -> torch.Tensor:
         """Logits (B, T, V) for `tokens` (B, T) placed at positions start .. start + T - 1.
 
         With `last_only`, only the last position's logits (B, 1, V) are computed: the LM head
