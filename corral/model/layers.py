@@ -60,12 +60,19 @@ class KVCache(nn.Module):
     """Static per-layer key/value cache: shapes never change, positions are written in place."""
 
     def __init__(
-        self, batch: int, n_positions: int, n_head_kv: int, head_dim: int, dtype: torch.dtype
+        self,
+        batch: int,
+        n_positions: int,
+        n_head_kv: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
     ) -> None:
         super().__init__()
         shape = (batch, n_head_kv, n_positions, head_dim)  # (B, Hkv, S, D)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+        for name in ("k", "v"):
+            buffer = torch.zeros(shape, dtype=dtype, device=device)
+            self.register_buffer(name, buffer, persistent=False)
 
     def update(
         self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, end: int

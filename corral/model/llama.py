@@ -43,10 +43,14 @@ class Transformer(nn.Module):
         self.n_positions = n_positions
         self.rope = rope_tables(self.config, n_positions, weight.device)
         for layer in self.layers:
-            cache = KVCache(
-                batch, n_positions, self.config.n_head_kv, self.config.head_dim, weight.dtype
+            layer.attn.cache = KVCache(
+                batch,
+                n_positions,
+                self.config.n_head_kv,
+                self.config.head_dim,
+                weight.dtype,
+                weight.device,
             )
-            layer.attn.cache = cache.to(weight.device)
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, start: int, *, last_only: bool = False) -> torch.Tensor:
