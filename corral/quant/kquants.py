@@ -123,15 +123,19 @@ def dequantize_q3_k(blocks: torch.Tensor) -> torch.Tensor:
     return q.mul_(dl).reshape(n, 256)  # (n, 256)
 
 
+def _k_sub_block_scales(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K (same header): per sub-block scale d*sc and offset dmin*m, (n, 8, 1) each."""
+    d = f16_field(blocks, 0)  # (n, 1)
+    dmin = f16_field(blocks, 2)  # (n, 1)
+    sc, m = _q4k_scales_mins(blocks[:, 4:16])  # (n, 8) each
+    return (d * sc.float()).unsqueeze(-1), (dmin * m.float()).unsqueeze(-1)
+
+
 @register_dequantizer(GGMLType.Q4_K)
 def dequantize_q4_k(blocks: torch.Tensor) -> torch.Tensor:
     """Q4_K super-blocks (n, 144) uint8 -> (n, 256) float32."""
     n = blocks.shape[0]
-    d = f16_field(blocks, 0)  # (n, 1)
-    dmin = f16_field(blocks, 2)  # (n, 1)
-    sc, m = _q4k_scales_mins(blocks[:, 4:16])  # (n, 8) each
-    dl = (d * sc.float()).unsqueeze(-1)  # (n, 8, 1)
-    ml = (dmin * m.float()).unsqueeze(-1)  # (n, 8, 1)
+    dl, ml = _k_sub_block_scales(blocks)  # (n, 8, 1) each
     q = _unpack_runs(blocks[:, 16:], 4, 32).reshape(n, 8, 32).float()  # (n, 8, 32)
     return q.mul_(dl).sub_(ml).reshape(n, 256)  # (n, 256)
 
@@ -140,11 +144,7 @@ def dequantize_q4_k(blocks: torch.Tensor) -> torch.Tensor:
 def dequantize_q5_k(blocks: torch.Tensor) -> torch.Tensor:
     """Q5_K super-blocks (n, 176) uint8 -> (n, 256) float32."""
     n = blocks.shape[0]
-    d = f16_field(blocks, 0)  # (n, 1)
-    dmin = f16_field(blocks, 2)  # (n, 1)
-    sc, m = _q4k_scales_mins(blocks[:, 4:16])  # (n, 8) each
-    dl = (d * sc.float()).unsqueeze(-1)  # (n, 8, 1)
-    ml = (dmin * m.float()).unsqueeze(-1)  # (n, 8, 1)
+    dl, ml = _k_sub_block_scales(blocks)  # (n, 8, 1) each
     low = _unpack_runs(blocks[:, 48:], 4, 32)  # (n, 256)
     high = _unpack_runs(blocks[:, 16:48], 1, 32)  # (n, 256)
     q = (low | (high << 4)).reshape(n, 8, 32).float()  # (n, 8, 32)
