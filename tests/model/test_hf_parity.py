@@ -93,3 +93,23 @@ def test_position_far_into_context_matches(tmp_path):
     with torch.no_grad():
         expected = hf(ids).logits
     assert (model(ids, 0) - expected).abs().max().item() < TOLERANCE
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_path_stays_close_to_transformers(tmp_path, dtype):
+    """The 16-bit path (CUDA's default, CPU's when float32 does not fit) on the same weights."""
+    hf = tiny_hf_model(seed=7, **VARIANTS["gqa-4:1"])
+    path = tmp_path / "model.gguf"
+    write_llama_gguf(path, hf.config, hf.state_dict())
+    with GGUFFile(path) as gguf:
+        model = load_gguf_model(gguf, torch.device("cpu"), dtype, n_ctx=64).model
+    ids = torch.randint(
+        3, hf.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(8)
+    )
+    with torch.no_grad():
+        expected = hf(ids).logits
+    actual = model(ids, 0)
+    assert actual.dtype == torch.float32
+    scale = expected.abs().max().item()
+    assert (actual - expected).abs().max().item() < 0.03 * scale
+    assert (actual.argmax(-1) == expected.argmax(-1)).float().mean().item() > 0.9
