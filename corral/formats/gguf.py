@@ -11,7 +11,8 @@ File layout (GGUF v2/v3, little-endian; see llama.cpp `ggml/src/gguf.cpp`):
 
 The file is treated as hostile: every count and size is checked against the bytes on disk
 before anything is allocated, and every error names the file and the field at fault.
-Tensor data is never copied: `tensor_bytes` returns read-only views of the mapping.
+Tensor data is never copied: `tensor_bytes` returns read-only views of the mapping (except
+for a tensor straddling two parts of a file split as `x.gguf-split-a`, `-split-b`, ...).
 """
 
 import os
@@ -30,6 +31,7 @@ from corral.formats.gguf_values import (
     GGUFValueType,
     read_value,
 )
+from corral.formats.split_parts import PartedBytes, part_paths
 from corral.quant.ggml_types import LAYOUTS, GGMLType
 
 GGUF_MAGIC = b"GGUF"
@@ -87,19 +89,20 @@ class GGUFFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = pathlib.Path(path)
-        size = self.path.stat().st_size
+        self._data: PartedBytes | None = PartedBytes(part_paths(self.path))
+        size = self._data.size
         if size < HEADER_NBYTES:
             raise self._error(
                 "header", f"file is {size} bytes, shorter than the {HEADER_NBYTES}-byte header"
             )
-        self._data: np.memmap | None = np.memmap(self.path, dtype=np.uint8, mode="r")
-        with memoryview(self._data) as buf:
+        # the header is parsed from the first part: split parts hold tensor data
+        with memoryview(self._data.first) as buf:
             cur = Cursor(buf, self.path)
             self.version, n_tensors, n_kv = _read_header(cur)
             self.metadata, self.alignment = _read_metadata(cur, n_kv)
-            raw_infos = [_read_tensor_info(cur, i) for i in range(n_tensors)]
+            raw_infos = [_read_tensor_info(cur, i, size) for i in range(n_tensors)]
             data_start = _pad(cur.pos, self.alignment)
-            self.tensors = _place_tensors(cur, raw_infos, data_start, self.alignment)
+            self.tensors = _place_tensors(cur, raw_infos, data_start, self.alignment, size)
 
     def _error(self, where: str, problem: str) -> ModelFormatError:
         return ModelFormatError(f"{self.path}: {where}: {problem}")
@@ -111,7 +114,7 @@ class GGUFFile:
             raise self._error(f"tensor {name!r}", "no tensor of that name in the file")
         if self._data is None:
             raise ValueError(f"{self.path}: GGUF file is closed")
-        return self._data[info.offset : info.offset + info.nbytes].view(np.ndarray)
+        return self._data.read(info.offset, info.nbytes)
 
     def close(self) -> None:
         """Drop this reader's mapping; views from `tensor_bytes` stay valid while alive."""
@@ -197,7 +200,7 @@ def _check_alignment(cur: Cursor, vtype: GGUFValueType, value: Any) -> int:
     return value
 
 
-def _read_tensor_info(cur: Cursor, index: int) -> _RawTensorInfo:
+def _read_tensor_info(cur: Cursor, index: int, file_size: int) -> _RawTensorInfo:
     """Read and check one tensor info record: name, shape, type and relative offset."""
     name = cur.string(f"tensor #{index}", "name")
     where = f"tensor {name!r}"
@@ -211,11 +214,13 @@ def _read_tensor_info(cur: Cursor, index: int) -> _RawTensorInfo:
         ggml_type = GGMLType(type_id)
     except ValueError:
         raise cur.error(where, f"unknown ggml type id {type_id}") from None
-    nbytes = _tensor_nbytes(cur, where, ne, ggml_type)
+    nbytes = _tensor_nbytes(cur, where, ne, ggml_type, file_size)
     return _RawTensorInfo(name, ne, ggml_type, rel_offset, nbytes)
 
 
-def _tensor_nbytes(cur: Cursor, where: str, ne: tuple[int, ...], ggml_type: GGMLType) -> int:
+def _tensor_nbytes(
+    cur: Cursor, where: str, ne: tuple[int, ...], ggml_type: GGMLType, file_size: int
+) -> int:
     """Size in bytes of a tensor of shape `ne` (ggml order), after checking the shape."""
     n_elements = 1
     for dim, size in enumerate(ne):
@@ -232,11 +237,11 @@ def _tensor_nbytes(cur: Cursor, where: str, ne: tuple[int, ...], ggml_type: GGML
             f"{layout.block_size}",
         )
     nbytes = n_elements // layout.block_size * layout.type_size
-    if nbytes > len(cur.buf):
+    if nbytes > file_size:
         raise cur.error(
             where,
             f"{ggml_type.name} shape {list(ne)} needs {nbytes} bytes, "
-            f"more than the whole file ({len(cur.buf)} bytes)",
+            f"more than the whole file ({file_size} bytes)",
         )
     return nbytes
 
@@ -247,11 +252,14 @@ def _pad(offset: int, alignment: int) -> int:
 
 
 def _place_tensors(
-    cur: Cursor, raw_infos: list[_RawTensorInfo], data_start: int, alignment: int
+    cur: Cursor,
+    raw_infos: list[_RawTensorInfo],
+    data_start: int,
+    alignment: int,
+    file_size: int,
 ) -> dict[str, TensorInfo]:
     """Turn relative offsets into absolute ones, checking alignment, bounds and overlaps."""
     tensors: dict[str, TensorInfo] = {}
-    file_size = len(cur.buf)
     for raw in raw_infos:
         where = f"tensor {raw.name!r}"
         if raw.name in tensors:
