@@ -51,7 +51,7 @@ _EOG_TEXTS = frozenset(
 _ALWAYS_USER_DEFINED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
 
 _SPECIAL_ATTRS = TokenAttr.CONTROL | TokenAttr.USER_DEFINED | TokenAttr.UNKNOWN
-_C_WHITESPACE = " \t\n\v\f\r"
+C_WHITESPACE = " \t\n\v\f\r"
 
 
 def apply_special_rules(vocab: Vocab) -> frozenset[int]:
@@ -166,13 +166,13 @@ def _split_at(
             break
         left = fragment[pos:found]
         if lstrip:
-            left = left.rstrip(_C_WHITESPACE)
+            left = left.rstrip(C_WHITESPACE)
         if left:
             out.append(left)
         out.append(token)
         pos = found + len(token_text)
         if rstrip:
-            while pos < end and fragment[pos] in _C_WHITESPACE:
+            while pos < end and fragment[pos] in C_WHITESPACE:
                 pos += 1
     if pos < end:
         out.append(fragment[pos:])

@@ -10,7 +10,13 @@ from typing import Any
 from corral.errors import TokenizerError
 from corral.tokenizer.bpe import BpeModel, merge_ranks
 from corral.tokenizer.detokenizer import PieceRenderer
-from corral.tokenizer.special import apply_special_rules, partition, special_token_order
+from corral.tokenizer.special import (
+    C_WHITESPACE,
+    Fragment,
+    apply_special_rules,
+    partition,
+    special_token_order,
+)
 from corral.tokenizer.spm import SpmModel
 from corral.tokenizer.vocab import TokenAttr, Vocab, load_vocab
 
@@ -124,10 +130,56 @@ class Tokenizer:
         """
         if not isinstance(text, str):
             raise TypeError(f"encode() takes str, not {type(text).__name__}")
-        if not text.isascii():
-            text = _SURROGATES.sub("\ufffd", text)
+        fragments = partition(self._clean(text), self._vocab, self._special_order, parse_special)
+        return self._encode_fragments(fragments, add_special)
+
+    def encode_parts(
+        self, parts: Sequence[tuple[str, bool]], *, add_special: bool = True
+    ) -> list[int]:
+        """Token ids of the concatenated texts of `parts`, each a (text, parse_special) pair.
+
+        Control tokens written in the text are read only inside parts whose flag is true
+        (template text); in the others (message content) "<|im_end|>" stays plain text. A token
+        is never read across a part boundary. Raw text on both sides of a boundary is
+        tokenized as one piece, and special tokens strip the whitespace next to them across
+        boundaries as they do within a text, so when no false part contains a control token's
+        text the result equals ``encode("".join(texts), parse_special=True)``. `add_special`
+        works as in :meth:`encode` (no second BOS when the first part starts with it).
+        """
         vocab = self._vocab
-        fragments = partition(text, vocab, self._special_order, parse_special)
+        fragments: list[Fragment] = []
+        pending: list[str] = []  # raw text not yet closed by a special token
+        for i, part in enumerate(parts):
+            if not (isinstance(part, tuple) and len(part) == 2 and isinstance(part[0], str)):
+                raise TypeError(f"encode_parts(): parts[{i}] is not a (str, bool) pair")
+            text, parse_special = part
+            for fragment in partition(self._clean(text), vocab, self._special_order, parse_special):
+                if isinstance(fragment, str):
+                    if fragments and not pending and vocab.attrs[fragments[-1]] & TokenAttr.RSTRIP:
+                        fragment = fragment.lstrip(C_WHITESPACE)
+                    if fragment:
+                        pending.append(fragment)
+                    continue
+                if pending:
+                    raw = "".join(pending)
+                    if vocab.attrs[fragment] & TokenAttr.LSTRIP:
+                        raw = raw.rstrip(C_WHITESPACE)
+                    if raw:
+                        fragments.append(raw)
+                    pending = []
+                fragments.append(fragment)
+        if pending:
+            fragments.append("".join(pending))
+        return self._encode_fragments(fragments, add_special)
+
+    @staticmethod
+    def _clean(text: str) -> str:
+        """`text` with lone surrogates replaced by U+FFFD."""
+        return text if text.isascii() else _SURROGATES.sub("\ufffd", text)
+
+    def _encode_fragments(self, fragments: Sequence[Fragment], add_special: bool) -> list[int]:
+        """Token ids of partitioned text (raw strings and special token ids)."""
+        vocab = self._vocab
         bos = vocab.ids["bos"]
         ids: list[int] = []
         if add_special and vocab.add_bos and not (fragments and fragments[0] == bos):
