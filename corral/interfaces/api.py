@@ -1,24 +1,40 @@
-"""Python API: `llm = corral.load(path)`, `llm.generate(prompt)`, `llm.stream(prompt)`."""
+"""Python API: `llm = corral.load(path)`, `llm.generate(prompt)`, `llm.stream(prompt)`,
+`llm.chat(messages)`, `llm.chat_stream(messages)`."""
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from corral.chat import (
+    ChatError,
+    ChatFormat,
+    RenderedPrompt,
+    parse_messages,
+    render,
+    resolve_chat_format,
+)
 from corral.config import ModelConfig
 from corral.default_model import default_model_path
 from corral.engine.generate import generate_ids
 from corral.engine.memory import choose_dtype
+from corral.engine.stops import StopMatcher, stop_token_ids
 from corral.formats.gguf import GGUFFile
 from corral.loader import load_gguf_model, read_config, resolve_path
 from corral.sampling import SamplingParams
 from corral.tokenizer import StreamingDetokenizer, Tokenizer
 
 DEFAULT_CONTEXT = 4096
+DEFAULT_CHAT_TOKENS = 512
+# per-token vocabulary arrays: read once into the tokenizer, not kept in LLM.metadata
+VOCAB_ARRAYS = frozenset(
+    f"tokenizer.ggml.{key}" for key in ("tokens", "token_type", "scores", "merges")
+)
 
 
 class LLM:
-    """A loaded model with its tokenizer, ready to generate text."""
+    """A loaded model with its tokenizer and chat format, ready to generate text."""
 
     def __init__(
         self,
@@ -27,6 +43,7 @@ class LLM:
         n_ctx: int | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        chat_template: str | None = None,
     ) -> None:
         """Load a GGUF model (the embedded default when `path` is None).
 
@@ -34,17 +51,35 @@ class LLM:
         device: "cpu", "cuda", "cuda:1", ...; default CUDA when available.
         dtype: compute dtype; default float16 on CUDA; on CPU float32, or bfloat16 when
             float32 weights would not fit in memory (see corral.engine.memory).
+        chat_template: a built-in chat format name or a jinja2 template file; default the
+            model's own template, else a guess from its metadata. A model with neither
+            still loads (for `generate`); `chat` then raises ChatError saying how to choose.
         """
         self.path = resolve_path(path) if path is not None else default_model_path()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         with GGUFFile(self.path) as gguf:
             self.tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, source=str(self.path))
+            self.metadata: dict[str, Any] = {
+                key: value for key, value in gguf.metadata.items() if key not in VOCAB_ARRAYS
+            }
             config = read_config(gguf)
             self.n_ctx = n_ctx or min(config.context_length, DEFAULT_CONTEXT)
             self.dtype = dtype or choose_dtype(config, self.n_ctx, self.device)
+            self.chat_format, self.chat_format_reason = self._resolve_chat(chat_template)
             loaded = load_gguf_model(gguf, self.device, self.dtype, self.n_ctx)
         self.model = loaded.model
         self.config: ModelConfig = loaded.config
+
+    def _resolve_chat(self, choice: str | None) -> tuple[ChatFormat | None, str]:
+        """The chat format and why; with no explicit choice, an unknown format is not fatal."""
+        try:
+            return resolve_chat_format(choice, self.metadata, self.tokenizer)
+        except ChatError as error:
+            if choice is not None:
+                raise
+            return None, str(error)
+
+    # -- tokens -------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False):
         """Token ids of `text` (BOS added as the model's metadata asks)."""
@@ -55,36 +90,128 @@ class LLM:
         return self.tokenizer.decode(ids)
 
     def generate_tokens(
-        self, prompt_ids: list[int], max_tokens: int = 128, **sampling
+        self,
+        prompt_ids: list[int],
+        max_tokens: int = 128,
+        *,
+        stop_ids: Collection[int] | None = None,
+        **sampling,
     ) -> Iterator[int]:
-        """Stream new token ids after `prompt_ids`, stopping at end-of-generation tokens."""
+        """Stream new token ids after `prompt_ids`, stopping at a token in `stop_ids`
+        (default: the tokenizer's end-of-generation tokens), which is not yielded."""
         for token in prompt_ids:
             if not 0 <= token < self.config.n_vocab:
                 raise ValueError(f"token id {token} is out of range [0, {self.config.n_vocab})")
         params = SamplingParams(**sampling)
-        return generate_ids(self.model, prompt_ids, max_tokens, params, self.tokenizer.is_eog)
+        stops = self.tokenizer.eog_ids if stop_ids is None else frozenset(stop_ids)
+        return generate_ids(self.model, prompt_ids, max_tokens, params, stops.__contains__)
+
+    # -- text ---------------------------------------------------------------------------
 
     def stream(
-        self, prompt: str, max_tokens: int = 128, *, parse_special: bool = False, **sampling
+        self,
+        prompt: str,
+        max_tokens: int = 128,
+        *,
+        parse_special: bool = False,
+        stop: str | Sequence[str] = (),
+        **sampling,
     ) -> Iterator[str]:
         """Stream the continuation of `prompt` as text pieces (never a broken UTF-8 character).
 
-        Sampling keywords: temperature, top_k, top_p, seed (see SamplingParams).
+        `stop`: strings that end the text when generated (not included, never partly
+        emitted). Sampling keywords: temperature, top_k, top_p, seed (see SamplingParams).
         """
+        matcher = StopMatcher(_as_stops(stop))
         prompt_ids = self.tokenize(prompt, parse_special=parse_special)
+        tokens = self.generate_tokens(prompt_ids, max_tokens, **sampling)
+        return self._text_pieces(tokens, matcher)
+
+    def generate(self, prompt: str, max_tokens: int = 128, **kwargs) -> str:
+        """The continuation of `prompt` as one string (keywords as for :meth:`stream`)."""
+        return "".join(self.stream(prompt, max_tokens, **kwargs))
+
+    def _text_pieces(self, tokens: Iterable[int], matcher: StopMatcher) -> Iterator[str]:
+        """Detokenize `tokens` as they come, ending at the first stop string of `matcher`."""
         # no llama.cpp space clean-up on generated text: it would damage code (" ?" -> "?")
         detokenizer = StreamingDetokenizer(self.tokenizer, clean_spaces=False)
-        for token in self.generate_tokens(prompt_ids, max_tokens, **sampling):
-            piece = detokenizer.push(token)
-            if piece:
-                yield piece
-        tail = detokenizer.flush()
+        for token in tokens:
+            text, stopped = matcher.feed(detokenizer.push(token))
+            if text:
+                yield text
+            if stopped:
+                return
+        text, stopped = matcher.feed(detokenizer.flush())
+        tail = text if stopped else text + matcher.flush()
         if tail:
             yield tail
 
-    def generate(self, prompt: str, max_tokens: int = 128, **kwargs) -> str:
-        """The continuation of `prompt` as one string."""
-        return "".join(self.stream(prompt, max_tokens, **kwargs))
+    # -- chat ---------------------------------------------------------------------------
+
+    def chat_prompt(
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+    ) -> RenderedPrompt:
+        """The prompt the model sees for `messages` (dicts with "role" and "content"), with
+        the format's default system message when there is no system message; ending with
+        the start of the assistant's reply unless `add_generation_prompt` is false."""
+        fmt = self._require_chat_format()
+        tokenizer = self.tokenizer
+        return render(
+            fmt,
+            parse_messages(messages),
+            bos_token=_token_text(tokenizer, tokenizer.bos_id),
+            eos_token=_token_text(tokenizer, tokenizer.eos_id),
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    def chat_prompt_ids(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Token ids of :meth:`chat_prompt` (special tokens only where the format put them)."""
+        return self.tokenizer.encode_parts(self.chat_prompt(messages).parts)
+
+    def chat_stream(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        max_tokens: int = DEFAULT_CHAT_TOKENS,
+        *,
+        stop: str | Sequence[str] = (),
+        **sampling,
+    ) -> Iterator[str]:
+        """Stream the assistant's reply to `messages` as text pieces.
+
+        The reply ends at the format's stop tokens and stop strings, at `stop` strings, or
+        after `max_tokens`. Sampling keywords as for :meth:`stream`. Malformed messages
+        raise ChatError at once, not when iterating.
+        """
+        fmt = self._require_chat_format()
+        matcher = StopMatcher((*fmt.stop_strings, *_as_stops(stop)))
+        stop_ids = stop_token_ids(self.tokenizer, fmt.stop_tokens)
+        prompt_ids = self.chat_prompt_ids(messages)
+        tokens = self.generate_tokens(prompt_ids, max_tokens, stop_ids=stop_ids, **sampling)
+        return self._text_pieces(tokens, matcher)
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        max_tokens: int = DEFAULT_CHAT_TOKENS,
+        **kwargs,
+    ) -> str:
+        """The assistant's reply to `messages` as one string (see :meth:`chat_stream`)."""
+        return "".join(self.chat_stream(messages, max_tokens, **kwargs))
+
+    def _require_chat_format(self) -> ChatFormat:
+        if self.chat_format is None:
+            raise ChatError(self.chat_format_reason)
+        return self.chat_format
+
+
+def _token_text(tokenizer: Tokenizer, token_id: int | None) -> str:
+    """The text of a special token for templates ("" when the model has none)."""
+    return "" if token_id is None else tokenizer.token_text(token_id)
+
+
+def _as_stops(stop: str | Sequence[str]) -> tuple[str, ...]:
+    """`stop` as a tuple of strings: one string is one stop, not one per character."""
+    return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
 def load(path: str | Path | None = None, **kwargs) -> LLM:

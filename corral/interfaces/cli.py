@@ -1,8 +1,9 @@
-"""The `corral` command line: `corral run`, `corral info`."""
+"""The `corral` command line: `corral run`, `corral chat`, `corral info`."""
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,12 +17,27 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
+def add_chat_template_arg(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """The --chat-template option: a built-in format name or a jinja2 template file."""
+    parser.add_argument(
+        "--chat-template",
+        metavar="NAME|FILE",
+        help="chat format: a built-in name or a jinja2 template file (default: the model's "
+        f"own template, else a guess from its metadata){note}",
+    )
+
+
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     """llama.cpp-style sampling options."""
     parser.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy")
     parser.add_argument("--top-k", type=int, default=40, help="0 = disabled")
     parser.add_argument("--top-p", type=float, default=0.95, help="1.0 = disabled")
     parser.add_argument("--seed", type=int, help="random seed (default: random)")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling options as keywords for LLM.stream / LLM.chat_stream."""
+    return dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,34 +52,59 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--special", action="store_true", help="parse special tokens like <|im_start|> in -p"
     )
+    add_chat_template_arg(run, "; when given, -p is sent as one user message")
     add_sampling_args(run)
+
+    chat = commands.add_parser("chat", help="interactive chat in the terminal")
+    add_model_args(chat)
+    add_chat_template_arg(chat)
+    chat.add_argument("--system", help="system prompt (default: the chat format's own)")
+    chat.add_argument(
+        "-n", "--n-predict", type=int, help="max tokens per reply (default: 512 or n_ctx/2)"
+    )
+    add_sampling_args(chat)
 
     info = commands.add_parser("info", help="describe a GGUF file")
     info.add_argument("model", type=Path, nargs="?", help="GGUF file (default: embedded model)")
     info.add_argument("-c", "--ctx-size", type=int, help="context for the memory estimate")
     info.add_argument("--device", default="cpu", help="device the estimate is for")
+    add_chat_template_arg(info, "; shows which format that chooses")
     return parser
 
 
-def cmd_run(args: argparse.Namespace) -> None:
-    """Stream a continuation of the prompt to stdout."""
+def load_llm(args: argparse.Namespace):
+    """The model the options name."""
     from corral.interfaces.api import LLM
 
-    llm = LLM(args.model, n_ctx=args.ctx_size, device=args.device)
-    stream = llm.stream(
-        args.prompt,
-        args.n_predict,
-        parse_special=args.special,
-        temperature=args.temp,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
+    return LLM(
+        args.model, n_ctx=args.ctx_size, device=args.device, chat_template=args.chat_template
     )
-    sys.stdout.write(args.prompt)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Stream a continuation of the prompt to stdout; with --chat-template, stream the reply
+    to the prompt sent as one user message."""
+    llm = load_llm(args)
+    if args.chat_template is not None:
+        messages = [{"role": "user", "content": args.prompt}]
+        stream = llm.chat_stream(messages, args.n_predict, **sampling_kwargs(args))
+    else:
+        stream = llm.stream(
+            args.prompt, args.n_predict, parse_special=args.special, **sampling_kwargs(args)
+        )
+        sys.stdout.write(args.prompt)
     for piece in stream:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    """Interactive chat on the terminal."""
+    from corral.interfaces.chat_cli import chat
+
+    llm = load_llm(args)
+    chat(llm, max_tokens=args.n_predict, system=args.system, sampling=sampling_kwargs(args))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -72,13 +113,13 @@ def cmd_info(args: argparse.Namespace) -> None:
     from corral.tools.info import describe
 
     path = args.model or default_model_path()
-    rows = describe(path, args.ctx_size, torch.device(args.device))
+    rows = describe(path, args.ctx_size, torch.device(args.device), args.chat_template)
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label + ':':<{width + 1}} {value}")
 
 
-COMMANDS = {"run": cmd_run, "info": cmd_info}
+COMMANDS = {"run": cmd_run, "chat": cmd_chat, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:

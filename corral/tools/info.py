@@ -2,12 +2,16 @@
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from corral.chat import ChatError, resolve_chat_format
 from corral.engine.memory import choose_dtype, estimate_memory
+from corral.errors import TokenizerError
 from corral.formats.gguf import GGUFFile
 from corral.loader import read_config
+from corral.tokenizer import Tokenizer
 
 
 def human_bytes(n: float) -> str:
@@ -27,13 +31,33 @@ def human_count(n: int) -> str:
     return str(n)
 
 
-def describe(path: Path, n_ctx: int | None, device: torch.device) -> list[tuple[str, str]]:
+def chat_format_row(metadata: dict[str, Any], source: str, chat_template: str | None = None) -> str:
+    """Which chat format the model is used with and why (`chat_template`: the user's
+    --chat-template choice, which wins; an invalid choice raises ChatError)."""
+    try:
+        tokenizer = Tokenizer.from_gguf_metadata(metadata, source=source)
+    except TokenizerError as error:
+        return f"none (no usable tokenizer: {error})"
+    try:
+        fmt, reason = resolve_chat_format(chat_template, metadata, tokenizer)
+    except ChatError as error:
+        if chat_template is not None:
+            raise
+        return f"none ({error})"
+    return f"{fmt.name} ({reason})"
+
+
+def describe(
+    path: Path, n_ctx: int | None, device: torch.device, chat_template: str | None = None
+) -> list[tuple[str, str]]:
     """(label, value) rows describing the model file at `path`, with the memory needed to
-    run it on `device` at `n_ctx` tokens (default: its trained context length)."""
+    run it on `device` at `n_ctx` tokens (default: its trained context length) and the chat
+    format it is used with (`chat_template`: as --chat-template)."""
     with GGUFFile(path) as gguf:
         config = read_config(gguf)
         meta = gguf.metadata
         types = Counter(info.ggml_type.name for info in gguf.tensors.values())
+    chat_format = chat_format_row(meta, str(path), chat_template)
     ctx = n_ctx or config.context_length
     dtype = choose_dtype(config, ctx, device)
     memory = estimate_memory(config, ctx, dtype)
@@ -56,6 +80,7 @@ def describe(path: Path, n_ctx: int | None, device: torch.device) -> list[tuple[
         ),
         ("rope", rope),
         ("vocabulary", f"{config.n_vocab} tokens, {tokenizer}"),
+        ("chat format", chat_format),
         ("tensor types", ", ".join(f"{name} x{count}" for name, count in types.most_common())),
         (
             f"memory at -c {ctx}",
