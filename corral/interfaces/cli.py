@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from corral.chat.presets import SYSTEM_PRESETS
 from corral.errors import CorralError
 
 
@@ -58,7 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="interactive chat in the terminal")
     add_model_args(chat)
     add_chat_template_arg(chat)
-    chat.add_argument("--system", help="system prompt (default: the chat format's own)")
+    system = chat.add_mutually_exclusive_group()
+    system.add_argument("--system", help="system prompt (default: the chat format's own)")
+    system.add_argument(
+        "--system-preset",
+        choices=sorted(SYSTEM_PRESETS),
+        help="a system prompt the models were trained with (llama-2, airoboros, orca-1..15)",
+    )
     chat.add_argument(
         "-n", "--n-predict", type=int, help="max tokens per reply (default: 512 or n_ctx/2)"
     )
@@ -104,7 +111,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from corral.interfaces.chat_cli import chat
 
     llm = load_llm(args)
-    chat(llm, max_tokens=args.n_predict, system=args.system, sampling=sampling_kwargs(args))
+    system = SYSTEM_PRESETS[args.system_preset] if args.system_preset else args.system
+    chat(llm, max_tokens=args.n_predict, system=system, sampling=sampling_kwargs(args))
 
 
 def cmd_info(args: argparse.Namespace) -> None:

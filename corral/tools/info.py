@@ -10,6 +10,7 @@ from corral.chat import ChatError, resolve_chat_format
 from corral.engine.memory import choose_dtype, estimate_memory
 from corral.errors import TokenizerError
 from corral.formats.gguf import GGUFFile
+from corral.formats.split_parts import part_paths
 from corral.loader import read_config
 from corral.tokenizer import Tokenizer
 
@@ -47,6 +48,13 @@ def chat_format_row(metadata: dict[str, Any], source: str, chat_template: str | 
     return f"{fmt.name} ({reason})"
 
 
+def describe_file(path: Path) -> str:
+    """The path and size; for a file split in parts, the number of parts and their total."""
+    parts = part_paths(path)
+    size = human_bytes(sum(part.stat().st_size for part in parts))
+    return f"{path} ({size})" if len(parts) == 1 else f"{path} ({len(parts)} parts, {size})"
+
+
 def describe(
     path: Path, n_ctx: int | None, device: torch.device, chat_template: str | None = None
 ) -> list[tuple[str, str]]:
@@ -67,7 +75,7 @@ def describe(
         rope += f", linear scaling x{config.rope_scale:g}"
     tokenizer = f"{meta.get('tokenizer.ggml.model', '?')} ({meta.get('tokenizer.ggml.pre', '-')})"
     return [
-        ("file", f"{path} ({human_bytes(path.stat().st_size)})"),
+        ("file", describe_file(path)),
         ("name", str(meta.get("general.name", "-"))),
         ("architecture", str(meta["general.architecture"])),
         ("parameters", human_count(config.n_params())),

@@ -191,3 +191,13 @@ def test_chat_without_a_known_format_says_how_to_choose():
     assert "--chat-template" in result.stderr and "Traceback" not in result.stderr
     result = corral("chat", "--chat-template", "no-such-format")
     assert result.returncode == 1 and "no-such-format" in result.stderr
+
+
+def test_system_preset_is_the_system_prompt(terminal):
+    from corral.chat import SYSTEM_PRESETS
+
+    term = terminal("--temp", "0", "-n", "8", "--system-preset", "orca-2")
+    shown = term.ask("/system")
+    assert f"system prompt: {SYSTEM_PRESETS['orca-2']}" in shown
+    term.send("/exit")
+    assert term.finish() == 0

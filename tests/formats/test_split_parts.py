@@ -70,3 +70,10 @@ def test_missing_last_part_is_refused(tmp_path):
     parts[2].unlink()
     with pytest.raises(ModelFormatError, match="past the end of the file"):
         GGUFFile(parts[0])
+
+
+def test_info_reports_all_parts(tmp_path):
+    from corral.tools.info import describe_file
+
+    parts = split(FIXTURE, tmp_path, [0.5])
+    assert describe_file(parts[0]).endswith(f"(2 parts, {FIXTURE.stat().st_size / 1024:.1f} KiB)")
