@@ -172,6 +172,15 @@ class Tokenizer:
             fragments.append("".join(pending))
         return self._encode_fragments(fragments, add_special)
 
+    def encode_raw(self, text: str) -> list[int]:
+        """The vocabulary's own split of `text` as one piece of raw text: no BOS/EOS, no
+        special tokens, no SentencePiece space prefix (what grammar engines call the
+        canonical tokenization of a byte string)."""
+        if self._spm is not None:
+            return self._spm.encode(text.replace(" ", "\u2581"))
+        assert self._bpe is not None
+        return self._bpe.encode(text)
+
     @staticmethod
     def _clean(text: str) -> str:
         """`text` with lone surrogates replaced by U+FFFD."""
@@ -190,14 +199,11 @@ class Tokenizer:
             if isinstance(fragment, int):
                 ids.append(fragment)
                 prev_special = True
-            elif self._spm is not None:
-                if vocab.add_space_prefix and prev_special:
-                    fragment = " " + fragment
-                ids.extend(self._spm.encode(fragment.replace(" ", "\u2581")))
-                prev_special = False
             else:
-                assert self._bpe is not None
-                ids.extend(self._bpe.encode(fragment))
+                if self._spm is not None and vocab.add_space_prefix and prev_special:
+                    fragment = " " + fragment
+                ids.extend(self.encode_raw(fragment))
+                prev_special = False
         if add_special and vocab.add_eos:
             eos = vocab.ids["eos"]
             assert eos is not None
