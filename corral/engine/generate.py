@@ -1,11 +1,11 @@
 """Single-sequence generation: chunked prefill into the KV cache, then incremental decode."""
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 import torch
 
 from corral.model.llama import Transformer
-from corral.sampling import Sampler, SamplingParams
+from corral.sampling import Constraint, Sampler, SamplingParams, TokenLogprobs
 
 PREFILL_CHUNK = 512
 
@@ -36,9 +36,20 @@ def generate_ids(
     max_tokens: int,
     params: SamplingParams,
     is_stop: Callable[[int], bool],
+    *,
+    eos_ids: Collection[int] = frozenset(),
+    constraint: Constraint | None = None,
+    on_logprobs: Callable[[TokenLogprobs], None] | None = None,
 ) -> Iterator[int]:
     """Yield up to `max_tokens` new token ids; stop after a token for which `is_stop` is true
-    (that token is not yielded) or when the context window is full."""
+    (that token is not yielded), when the context window is full, or when `constraint`
+    says its grammar is complete (after yielding the token that completed it).
+
+    eos_ids: the end-of-generation ids, masked when params.ignore_eos.
+    on_logprobs: called with each yielded token's log-probabilities when params ask.
+    The Sampler (and its logit_bias check against the vocabulary) is built before the
+    prompt is processed, so bad parameters fail before any model work.
+    """
     n_ctx = model.n_positions
     if not prompt_ids:
         raise ValueError("the prompt is empty: nothing to continue")
@@ -46,16 +57,21 @@ def generate_ids(
         raise ContextOverflowError(
             f"the prompt has {len(prompt_ids)} tokens but the context window holds {n_ctx}"
         )
-    sampler = Sampler(params)
+    sampler = Sampler(params, model.config.n_vocab, eos_ids=eos_ids, constraint=constraint)
+    history = list(prompt_ids)
     logits = prefill(model, prompt_ids)
     device = logits.device
     position = len(prompt_ids)
     for _ in range(max_tokens):
-        token = sampler(logits)
+        token = sampler.sample(logits, history)
         if is_stop(token):
             return
+        sampler.accept(token)
+        history.append(token)
+        if on_logprobs is not None and sampler.last_logprobs is not None:
+            on_logprobs(sampler.last_logprobs)
         yield token
-        if position >= n_ctx:
+        if position >= n_ctx or (constraint is not None and constraint.is_done()):
             return
         step = torch.tensor([[token]], dtype=torch.long, device=device)  # (1, 1)
         logits = model(step, position)[0, -1]

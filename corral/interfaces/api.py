@@ -1,7 +1,7 @@
 """Python API: `llm = corral.load(path)`, `llm.generate(prompt)`, `llm.stream(prompt)`,
 `llm.chat(messages)`, `llm.chat_stream(messages)`."""
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,13 @@ from corral.engine.memory import choose_dtype
 from corral.engine.stops import StopMatcher, stop_token_ids
 from corral.formats.gguf import GGUFFile
 from corral.loader import load_gguf_model, read_config, resolve_path
-from corral.sampling import SamplingParams
+from corral.sampling import (
+    SamplingParamsError,
+    TokenLogprobs,
+    check_logit_bias,
+    params_from_kwargs,
+)
+from corral.sampling.constraint import build_constraint
 from corral.tokenizer import StreamingDetokenizer, Tokenizer
 
 DEFAULT_CONTEXT = 4096
@@ -95,16 +101,55 @@ class LLM:
         max_tokens: int = 128,
         *,
         stop_ids: Collection[int] | None = None,
+        on_logprobs: Callable[[TokenLogprobs], None] | None = None,
+        grammar: str | None = None,
+        json_schema: str | Mapping[str, Any] | None = None,
+        regex: str | None = None,
+        json_mode: bool = False,
         **sampling,
     ) -> Iterator[int]:
         """Stream new token ids after `prompt_ids`, stopping at a token in `stop_ids`
-        (default: the tokenizer's end-of-generation tokens), which is not yielded."""
+        (default: the tokenizer's end-of-generation tokens), which is not yielded.
+
+        Sampling keywords: the fields of SamplingParams, with the HF / OpenAI /
+        llama-cpp-python spellings too (see corral.sampling.params.params_from_kwargs):
+        `max_new_tokens` replaces `max_tokens`, `do_sample=False` means greedy,
+        `logit_bias` may have string keys. Bad values raise SamplingParamsError naming
+        the parameter, at the call, before any generation. With logprobs/top_logprobs,
+        `on_logprobs` receives each token's TokenLogprobs.
+
+        Constrained output (at most one): `grammar` (llama.cpp GBNF, rule `root`),
+        `json_schema` (dict or JSON text), `regex`, or `json_mode` (any JSON object). An
+        invalid one raises ConstraintError at the call.
+        """
         for token in prompt_ids:
             if not 0 <= token < self.config.n_vocab:
                 raise ValueError(f"token id {token} is out of range [0, {self.config.n_vocab})")
-        params = SamplingParams(**sampling)
+        params, rest = params_from_kwargs(**sampling)
+        if rest.get("max_new_tokens") is not None:
+            max_tokens = rest["max_new_tokens"]
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise SamplingParamsError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+        check_logit_bias(params, self.config.n_vocab)
+        constraint = build_constraint(
+            self.tokenizer,
+            grammar=grammar,
+            json_schema=dict(json_schema) if isinstance(json_schema, Mapping) else json_schema,
+            regex=regex,
+            json_mode=json_mode,
+        )
         stops = self.tokenizer.eog_ids if stop_ids is None else frozenset(stop_ids)
-        return generate_ids(self.model, prompt_ids, max_tokens, params, stops.__contains__)
+        eos = stops | self.tokenizer.eog_ids
+        return generate_ids(
+            self.model,
+            prompt_ids,
+            max_tokens,
+            params,
+            stops.__contains__,
+            eos_ids=eos,
+            constraint=constraint,
+            on_logprobs=on_logprobs,
+        )
 
     # -- text ---------------------------------------------------------------------------
 
@@ -120,7 +165,7 @@ class LLM:
         """Stream the continuation of `prompt` as text pieces (never a broken UTF-8 character).
 
         `stop`: strings that end the text when generated (not included, never partly
-        emitted). Sampling keywords: temperature, top_k, top_p, seed (see SamplingParams).
+        emitted). Sampling keywords: see :meth:`generate_tokens` and SamplingParams.
         """
         matcher = StopMatcher(_as_stops(stop))
         prompt_ids = self.tokenize(prompt, parse_special=parse_special)

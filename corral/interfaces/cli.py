@@ -1,6 +1,7 @@
 """The `corral` command line: `corral run`, `corral chat`, `corral info`."""
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ import torch
 
 from corral.chat.presets import SYSTEM_PRESETS
 from corral.errors import CorralError
+from corral.sampling.errors import SamplingParamsError
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -29,16 +31,104 @@ def add_chat_template_arg(parser: argparse.ArgumentParser, note: str = "") -> No
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    """llama.cpp-style sampling options."""
-    parser.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy")
-    parser.add_argument("--top-k", type=int, default=40, help="0 = disabled")
-    parser.add_argument("--top-p", type=float, default=0.95, help="1.0 = disabled")
-    parser.add_argument("--seed", type=int, help="random seed (default: random)")
+    """llama.cpp-style sampling options, with llama.cpp's names and defaults."""
+    group = parser.add_argument_group("sampling (llama.cpp names and defaults)")
+    add = group.add_argument
+    add("--temp", type=float, default=0.8, help="temperature; 0 = greedy (default 0.8)")
+    add("--top-k", type=int, default=40, help="top-k; 0 = off (default 40)")
+    add("--top-p", type=float, default=0.95, help="top-p; 1.0 = off (default 0.95)")
+    add("--min-p", type=float, default=0.05, help="min-p; 0.0 = off (default 0.05)")
+    add("--typical", type=float, default=1.0, help="locally typical p; 1.0 = off (default)")
+    add(
+        "--repeat-penalty",
+        type=float,
+        default=1.0,
+        help="penalise repeats in the last --repeat-last-n tokens; 1.0 = off (default)",
+    )
+    add(
+        "--repeat-last-n",
+        type=int,
+        default=64,
+        help="tokens the penalties look back over; 0 = off, -1 = context size (default 64)",
+    )
+    add("--presence-penalty", type=float, default=0.0, help="0.0 = off (default)")
+    add("--frequency-penalty", type=float, default=0.0, help="0.0 = off (default)")
+    add("--mirostat", type=int, default=0, choices=(0, 1, 2), help="1 or 2; 0 = off")
+    add("--mirostat-lr", type=float, default=0.1, help="Mirostat learning rate eta (0.1)")
+    add("--mirostat-ent", type=float, default=5.0, help="Mirostat target entropy tau (5.0)")
+    add(
+        "-l",
+        "--logit-bias",
+        action="append",
+        default=[],
+        metavar="TOKEN_ID(+|-)BIAS",
+        help="add BIAS to a token's logit, e.g. 15043+1 or 15043-inf; repeatable",
+    )
+    add("--seed", type=int, help="random seed (default: random)")
+    add("--ignore-eos", action="store_true", help="never stop at end-of-generation tokens")
+    constrain = parser.add_argument_group("constrained output (one of)")
+    exclusive = constrain.add_mutually_exclusive_group()
+    exclusive.add_argument("--grammar", metavar="GBNF", help="llama.cpp grammar text (rule root)")
+    exclusive.add_argument("--grammar-file", type=Path, metavar="FILE", help="GBNF grammar file")
+    exclusive.add_argument("-j", "--json-schema", metavar="SCHEMA", help="JSON schema text")
+    exclusive.add_argument("--json-schema-file", type=Path, metavar="FILE", help="JSON schema file")
+    exclusive.add_argument("--regex", help="the output must match this regular expression")
+    exclusive.add_argument("--json", action="store_true", help="the output is a JSON object")
+
+
+def read_option_file(path: Path | None, option: str) -> str | None:
+    """The text of a file named by `option`, or a clear error naming the option."""
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{option}: cannot read {path}: {error}") from error
+
+
+def constraint_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The constrained-output options as keywords for LLM.stream / LLM.chat_stream."""
+    return dict(
+        grammar=args.grammar or read_option_file(args.grammar_file, "--grammar-file"),
+        json_schema=args.json_schema
+        or read_option_file(args.json_schema_file, "--json-schema-file"),
+        regex=args.regex,
+        json_mode=args.json,
+    )
+
+
+def parse_logit_bias(text: str) -> tuple[int, float]:
+    """`TOKEN_ID(+|-)BIAS` as llama.cpp writes it: "15043+1", "15043-0.5", "15043-inf"."""
+    match = re.fullmatch(r"\s*(\d+)\s*([+-])\s*(inf|\d+(?:\.\d*)?|\.\d+)\s*", text)
+    if match is None:
+        raise SamplingParamsError(
+            f"--logit-bias: expected TOKEN_ID(+|-)BIAS such as 15043+1 or 15043-inf, got {text!r}"
+        )
+    token, sign, value = match.groups()
+    bias = float(value)
+    return int(token), -bias if sign == "-" else bias
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The sampling options as keywords for LLM.stream / LLM.chat_stream."""
-    return dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    return dict(
+        temperature=args.temp,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        typical_p=args.typical,
+        repeat_penalty=args.repeat_penalty,
+        repeat_last_n=args.repeat_last_n,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+        mirostat=args.mirostat,
+        mirostat_eta=args.mirostat_lr,
+        mirostat_tau=args.mirostat_ent,
+        logit_bias=dict(parse_logit_bias(item) for item in args.logit_bias),
+        seed=args.seed,
+        ignore_eos=args.ignore_eos,
+        **constraint_kwargs(args),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

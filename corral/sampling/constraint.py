@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Protocol
+from typing import Any
 
 import llguidance
 import numpy as np
@@ -38,6 +38,7 @@ from llguidance.gbnf_to_lark import gbnf_to_lark
 
 from corral.errors import CorralError
 from corral.sampling.grammar_tokenizer import end_tokens, grammar_tokenizer
+from corral.sampling.sampler import Constraint
 from corral.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -54,23 +55,6 @@ JSON_OPTIONS: dict[str, Any] = {
 
 class ConstraintError(CorralError, ValueError):
     """An invalid grammar, JSON schema or regex, or a token the constraint does not allow."""
-
-
-class Constraint(Protocol):
-    """Which tokens may come next in a constrained output."""
-
-    def allowed(self) -> torch.Tensor:
-        """Bool tensor (vocab_size,): True for each token that may come next (end-of-generation
-        tokens only where the grammar may end)."""
-        ...
-
-    def accept(self, token: int) -> None:
-        """Advance past `token`; ConstraintError if it was not allowed (state unchanged)."""
-        ...
-
-    def is_done(self) -> bool:
-        """Whether the grammar has accepted a complete output and allows nothing else."""
-        ...
 
 
 class GrammarConstraint:
