@@ -14,6 +14,17 @@ class ContextOverflowError(ValueError):
     """The prompt does not fit in the context window."""
 
 
+def check_prompt(model: Transformer, prompt_ids: Sequence[int]) -> None:
+    """Refuse an empty prompt, or one that leaves no room in the context window."""
+    if not prompt_ids:
+        raise ValueError("the prompt is empty: nothing to continue")
+    if len(prompt_ids) >= model.n_positions:
+        raise ContextOverflowError(
+            f"the prompt has {len(prompt_ids)} tokens but the context window holds "
+            f"{model.n_positions}"
+        )
+
+
 def prefill(model: Transformer, prompt_ids: Sequence[int], start: int = 0) -> torch.Tensor:
     """Run `prompt_ids` through the model from position `start`; return the last logits (V,).
 
@@ -51,12 +62,7 @@ def generate_ids(
     prompt is processed, so bad parameters fail before any model work.
     """
     n_ctx = model.n_positions
-    if not prompt_ids:
-        raise ValueError("the prompt is empty: nothing to continue")
-    if len(prompt_ids) >= n_ctx:
-        raise ContextOverflowError(
-            f"the prompt has {len(prompt_ids)} tokens but the context window holds {n_ctx}"
-        )
+    check_prompt(model, prompt_ids)
     sampler = Sampler(params, model.config.n_vocab, eos_ids=eos_ids, constraint=constraint)
     history = list(prompt_ids)
     logits = prefill(model, prompt_ids)

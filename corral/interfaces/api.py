@@ -19,10 +19,12 @@ from corral.config import ModelConfig
 from corral.default_model import default_model_path
 from corral.engine.generate import generate_ids
 from corral.engine.memory import choose_dtype
+from corral.engine.parallel import generate_n_ids
 from corral.engine.stops import StopMatcher, stop_token_ids
 from corral.formats.gguf import GGUFFile
 from corral.loader import load_gguf_model, read_config, resolve_path
 from corral.sampling import (
+    SamplingParams,
     SamplingParamsError,
     TokenLogprobs,
     check_logit_bias,
@@ -122,15 +124,7 @@ class LLM:
         `json_schema` (dict or JSON text), `regex`, or `json_mode` (any JSON object). An
         invalid one raises ConstraintError at the call.
         """
-        for token in prompt_ids:
-            if not 0 <= token < self.config.n_vocab:
-                raise ValueError(f"token id {token} is out of range [0, {self.config.n_vocab})")
-        params, rest = params_from_kwargs(**sampling)
-        if rest.get("max_new_tokens") is not None:
-            max_tokens = rest["max_new_tokens"]
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-            raise SamplingParamsError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
-        check_logit_bias(params, self.config.n_vocab)
+        params, max_tokens = self._check_request(prompt_ids, max_tokens, sampling)
         constraint = build_constraint(
             self.tokenizer,
             grammar=grammar,
@@ -150,6 +144,42 @@ class LLM:
             constraint=constraint,
             on_logprobs=on_logprobs,
         )
+
+    def generate_n_tokens(
+        self,
+        prompt_ids: list[int],
+        n: int,
+        max_tokens: int = 128,
+        *,
+        stop_ids: Collection[int] | None = None,
+        **sampling,
+    ) -> list[list[int]]:
+        """`n` completions (token ids) of `prompt_ids` from one shared prefill, decoded as one
+        batch; completion i samples with seed + i. Keywords as for :meth:`generate_tokens`,
+        without constrained output."""
+        params, max_tokens = self._check_request(prompt_ids, max_tokens, sampling)
+        stops = self.tokenizer.eog_ids if stop_ids is None else frozenset(stop_ids)
+        eos = stops | self.tokenizer.eog_ids
+        return generate_n_ids(
+            self.model, prompt_ids, n, max_tokens, params, stops.__contains__, eos_ids=eos
+        )
+
+    def _check_request(
+        self, prompt_ids: Sequence[int], max_tokens: int, sampling: dict[str, Any]
+    ) -> tuple[SamplingParams, int]:
+        """Validate a request before any model work: token ids, sampling keywords (HF /
+        OpenAI spellings mapped), max_tokens and logit_bias ids. Returns the params and the
+        effective max_tokens (`max_new_tokens` wins)."""
+        for token in prompt_ids:
+            if not 0 <= token < self.config.n_vocab:
+                raise ValueError(f"token id {token} is out of range [0, {self.config.n_vocab})")
+        params, rest = params_from_kwargs(**sampling)
+        if rest.get("max_new_tokens") is not None:
+            max_tokens = rest["max_new_tokens"]
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise SamplingParamsError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+        check_logit_bias(params, self.config.n_vocab)
+        return params, max_tokens
 
     # -- text ---------------------------------------------------------------------------
 
@@ -175,6 +205,22 @@ class LLM:
     def generate(self, prompt: str, max_tokens: int = 128, **kwargs) -> str:
         """The continuation of `prompt` as one string (keywords as for :meth:`stream`)."""
         return "".join(self.stream(prompt, max_tokens, **kwargs))
+
+    def generate_n(
+        self,
+        prompt: str,
+        n: int,
+        max_tokens: int = 128,
+        *,
+        parse_special: bool = False,
+        stop: str | Sequence[str] = (),
+        **sampling,
+    ) -> list[str]:
+        """`n` continuations of `prompt` sharing one prefill (see :meth:`generate_n_tokens`)."""
+        prompt_ids = self.tokenize(prompt, parse_special=parse_special)
+        completions = self.generate_n_tokens(prompt_ids, n, max_tokens, **sampling)
+        stops = _as_stops(stop)
+        return ["".join(self._text_pieces(ids, StopMatcher(stops))) for ids in completions]
 
     def _text_pieces(self, tokens: Iterable[int], matcher: StopMatcher) -> Iterator[str]:
         """Detokenize `tokens` as they come, ending at the first stop string of `matcher`."""

@@ -77,10 +77,17 @@ class KVCache(nn.Module):
     def update(
         self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, end: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, Hkv, T, D) at `positions`; return the cache up to `end`."""
-        self.k[:, :, positions] = k
-        self.v[:, :, positions] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+        """Write k, v (B, Hkv, T, D) at `positions` of the first B sequences; return their
+        cache up to `end`."""
+        batch = k.shape[0]
+        self.k[:batch, :, positions] = k
+        self.v[:batch, :, positions] = v
+        return self.k[:batch, :, :end], self.v[:batch, :, :end]
+
+    def share_prefix(self, n_positions: int) -> None:
+        """Copy sequence 0's first `n_positions` entries to every other sequence."""
+        self.k[1:, :, :n_positions] = self.k[:1, :, :n_positions]
+        self.v[1:, :, :n_positions] = self.v[:1, :, :n_positions]
 
 
 class Attention(nn.Module):

@@ -52,6 +52,17 @@ class Transformer(nn.Module):
                 weight.device,
             )
 
+    @property
+    def cache_batch(self) -> int:
+        """How many sequences the KV cache holds."""
+        return self.layers[0].attn.cache.k.shape[0]
+
+    def share_prefix(self, n_positions: int) -> None:
+        """Let every cached sequence start with sequence 0's first `n_positions` tokens (one
+        prefill serves several completions of the same prompt)."""
+        for layer in self.layers:
+            layer.attn.cache.share_prefix(n_positions)
+
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, start: int, *, last_only: bool = False) -> torch.Tensor:
         """Logits (B, T, V) for `tokens` (B, T) placed at positions start .. start + T - 1.

@@ -70,3 +70,10 @@ def test_generation_stops_at_the_end_of_the_context(llm):
 def test_missing_model_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.gguf"):
         corral.load(tmp_path / "nope.gguf")
+
+
+def test_n_completions_share_a_prefill_and_follow_their_seeds(llm):
+    kwargs = dict(max_tokens=8, temperature=1.0, seed=3)
+    completions = llm.generate_n("Once upon a time", 3, **kwargs)
+    assert len(completions) == 3
+    assert completions[1] == llm.generate("Once upon a time", **{**kwargs, "seed": 4})
