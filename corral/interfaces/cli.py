@@ -109,8 +109,13 @@ def parse_logit_bias(text: str) -> tuple[int, float]:
     return int(token), -bias if sign == "-" else bias
 
 
+def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Sampling and constrained-output options as keywords for LLM.stream / chat_stream."""
+    return {**sampling_kwargs(args), **constraint_kwargs(args)}
+
+
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The sampling options as keywords for LLM.stream / LLM.chat_stream."""
+    """The sampling options as SamplingParams keywords."""
     return dict(
         temperature=args.temp,
         top_k=args.top_k,
@@ -127,7 +132,6 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         logit_bias=dict(parse_logit_bias(item) for item in args.logit_bias),
         seed=args.seed,
         ignore_eos=args.ignore_eos,
-        **constraint_kwargs(args),
     )
 
 
@@ -184,10 +188,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     llm = load_llm(args)
     if args.chat_template is not None:
         messages = [{"role": "user", "content": args.prompt}]
-        stream = llm.chat_stream(messages, args.n_predict, **sampling_kwargs(args))
+        stream = llm.chat_stream(messages, args.n_predict, **generation_kwargs(args))
     else:
         stream = llm.stream(
-            args.prompt, args.n_predict, parse_special=args.special, **sampling_kwargs(args)
+            args.prompt, args.n_predict, parse_special=args.special, **generation_kwargs(args)
         )
         sys.stdout.write(args.prompt)
     for piece in stream:
@@ -202,7 +206,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
     llm = load_llm(args)
     system = SYSTEM_PRESETS[args.system_preset] if args.system_preset else args.system
-    chat(llm, max_tokens=args.n_predict, system=system, sampling=sampling_kwargs(args))
+    chat(llm, max_tokens=args.n_predict, system=system, sampling=generation_kwargs(args))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
