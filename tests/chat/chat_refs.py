@@ -15,8 +15,6 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from corral.formats.gguf import GGUFFile
-from corral.tokenizer import Tokenizer
 from tests.reference_data import llama_cpp_source
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -66,19 +64,6 @@ def smollm2_path() -> pathlib.Path:
 def llama_spm_path() -> pathlib.Path:
     """llama.cpp's Llama-2 SentencePiece test vocabulary (fetched on first use)."""
     return llama_cpp_source(LLAMA_SPM_FILE)
-
-
-@functools.cache
-def metadata(path: pathlib.Path) -> dict[str, Any]:
-    """GGUF metadata as corral's reader returns it."""
-    with GGUFFile(path) as f:
-        return dict(f.metadata)
-
-
-@functools.cache
-def corral_tokenizer(path: pathlib.Path) -> Tokenizer:
-    """corral's tokenizer of a GGUF file."""
-    return Tokenizer.from_gguf_metadata(metadata(path), source=str(path))
 
 
 @functools.cache

@@ -15,17 +15,17 @@ from __future__ import annotations
 import pytest
 from chat_refs import (
     CONVERSATIONS,
-    corral_tokenizer,
     hf_render,
     hf_tokenizer,
     legacy_spm_ids,
     llama_spm_path,
     meta_llama2_turns,
-    metadata,
     smollm2_path,
 )
 
 from corral.chat import BUILTIN_FORMATS, ChatFormat, parse_messages, render, resolve_chat_format
+from tests.tokenizer.tokenizer_data import corral_metadata as metadata
+from tests.tokenizer.tokenizer_data import tokenizer_for as corral_tokenizer
 
 SMOL_SPECIAL = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}
 LLAMA_SPECIAL = {"bos_token": "<s>", "eos_token": "</s>"}

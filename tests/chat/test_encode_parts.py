@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
-from chat_refs import corral_tokenizer, llama_spm_path, smollm2_path
+from chat_refs import llama_spm_path, smollm2_path
 
 from corral.tokenizer import Tokenizer
 from tests.reference_data import llama_cpp_source
+from tests.tokenizer.tokenizer_data import tokenizer_for as corral_tokenizer
 
 
 @pytest.fixture(scope="module")

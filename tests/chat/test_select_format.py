@@ -6,10 +6,12 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from chat_refs import corral_tokenizer, llama_spm_path, metadata, smollm2_path
+from chat_refs import llama_spm_path, smollm2_path
 
 from corral.chat import BUILTIN_FORMATS, ChatError, TemplateError, resolve_chat_format
 from corral.tokenizer import Tokenizer
+from tests.tokenizer.tokenizer_data import corral_metadata as metadata
+from tests.tokenizer.tokenizer_data import tokenizer_for as corral_tokenizer
 
 TEMPLATE_KEY = "tokenizer.chat_template"
 
