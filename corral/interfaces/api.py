@@ -189,18 +189,20 @@ class LLM:
         max_tokens: int = 128,
         *,
         parse_special: bool = False,
-        stop: str | Sequence[str] = (),
+        stop: str | Sequence[str | int] = (),
         **sampling,
     ) -> Iterator[str]:
         """Stream the continuation of `prompt` as text pieces (never a broken UTF-8 character).
 
         `stop`: strings that end the text when generated (not included, never partly
-        emitted). Sampling keywords: see :meth:`generate_tokens` and SamplingParams.
+        emitted) and token ids that end it (besides the end-of-generation tokens).
+        Sampling keywords: see :meth:`generate_tokens` and SamplingParams.
         """
-        matcher = StopMatcher(_as_stops(stop))
+        texts, ids = self._split_stops(stop)
         prompt_ids = self.tokenize(prompt, parse_special=parse_special)
-        tokens = self.generate_tokens(prompt_ids, max_tokens, **sampling)
-        return self._text_pieces(tokens, matcher)
+        stop_ids = self.tokenizer.eog_ids | ids
+        tokens = self.generate_tokens(prompt_ids, max_tokens, stop_ids=stop_ids, **sampling)
+        return self._text_pieces(tokens, StopMatcher(texts))
 
     def generate(self, prompt: str, max_tokens: int = 128, **kwargs) -> str:
         """The continuation of `prompt` as one string (keywords as for :meth:`stream`)."""
@@ -213,14 +215,17 @@ class LLM:
         max_tokens: int = 128,
         *,
         parse_special: bool = False,
-        stop: str | Sequence[str] = (),
+        stop: str | Sequence[str | int] = (),
         **sampling,
     ) -> list[str]:
         """`n` continuations of `prompt` sharing one prefill (see :meth:`generate_n_tokens`)."""
+        texts, ids = self._split_stops(stop)
         prompt_ids = self.tokenize(prompt, parse_special=parse_special)
-        completions = self.generate_n_tokens(prompt_ids, n, max_tokens, **sampling)
-        stops = _as_stops(stop)
-        return ["".join(self._text_pieces(ids, StopMatcher(stops))) for ids in completions]
+        stop_ids = self.tokenizer.eog_ids | ids
+        completions = self.generate_n_tokens(
+            prompt_ids, n, max_tokens, stop_ids=stop_ids, **sampling
+        )
+        return ["".join(self._text_pieces(c, StopMatcher(texts))) for c in completions]
 
     def _text_pieces(self, tokens: Iterable[int], matcher: StopMatcher) -> Iterator[str]:
         """Detokenize `tokens` as they come, ending at the first stop string of `matcher`."""
@@ -264,7 +269,7 @@ class LLM:
         messages: Sequence[Mapping[str, Any]],
         max_tokens: int = DEFAULT_CHAT_TOKENS,
         *,
-        stop: str | Sequence[str] = (),
+        stop: str | Sequence[str | int] = (),
         **sampling,
     ) -> Iterator[str]:
         """Stream the assistant's reply to `messages` as text pieces.
@@ -274,8 +279,9 @@ class LLM:
         raise ChatError at once, not when iterating.
         """
         fmt = self._require_chat_format()
-        matcher = StopMatcher((*fmt.stop_strings, *_as_stops(stop)))
-        stop_ids = stop_token_ids(self.tokenizer, fmt.stop_tokens)
+        texts, ids = self._split_stops(stop)
+        matcher = StopMatcher((*fmt.stop_strings, *texts))
+        stop_ids = stop_token_ids(self.tokenizer, fmt.stop_tokens) | ids
         prompt_ids = self.chat_prompt_ids(messages)
         tokens = self.generate_tokens(prompt_ids, max_tokens, stop_ids=stop_ids, **sampling)
         return self._text_pieces(tokens, matcher)
@@ -289,6 +295,20 @@ class LLM:
         """The assistant's reply to `messages` as one string (see :meth:`chat_stream`)."""
         return "".join(self.chat_stream(messages, max_tokens, **kwargs))
 
+    def _split_stops(
+        self, stop: str | Sequence[str | int]
+    ) -> tuple[tuple[str, ...], frozenset[int]]:
+        """`stop` as (stop strings, stop token ids); one string is one stop, not one per
+        character. Ids outside the vocabulary are refused."""
+        items = (stop,) if isinstance(stop, str) else tuple(stop)
+        ids = frozenset(i for i in items if isinstance(i, int) and not isinstance(i, bool))
+        for token in ids:
+            if not 0 <= token < self.config.n_vocab:
+                raise ValueError(
+                    f"stop token id {token} is out of range [0, {self.config.n_vocab})"
+                )
+        return tuple(i for i in items if not isinstance(i, int) or isinstance(i, bool)), ids
+
     def _require_chat_format(self) -> ChatFormat:
         if self.chat_format is None:
             raise ChatError(self.chat_format_reason)
@@ -298,11 +318,6 @@ class LLM:
 def _token_text(tokenizer: Tokenizer, token_id: int | None) -> str:
     """The text of a special token for templates ("" when the model has none)."""
     return "" if token_id is None else tokenizer.token_text(token_id)
-
-
-def _as_stops(stop: str | Sequence[str]) -> tuple[str, ...]:
-    """`stop` as a tuple of strings: one string is one stop, not one per character."""
-    return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
 def load(path: str | Path | None = None, **kwargs) -> LLM:

@@ -77,3 +77,14 @@ def test_n_completions_share_a_prefill_and_follow_their_seeds(llm):
     completions = llm.generate_n("Once upon a time", 3, **kwargs)
     assert len(completions) == 3
     assert completions[1] == llm.generate("Once upon a time", **{**kwargs, "seed": 4})
+
+
+def test_stop_accepts_token_ids_and_strings(llm):
+    prompt = "The capital of France is"
+    free = list(llm.generate_tokens(llm.tokenize(prompt), 12, temperature=0))
+    stop_id = free[3]
+    expected = llm.detokenize(free[: free.index(stop_id)])
+    assert llm.generate(prompt, 12, temperature=0, stop=[stop_id]) == expected
+    assert llm.generate(prompt, 12, temperature=0, stop=[stop_id, "zzz"]) == expected
+    with pytest.raises(ValueError, match="stop token id 99999"):
+        llm.generate(prompt, 4, stop=[99999])
