@@ -5,21 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
-from chat_refs import llama_spm_path, smollm2_path
+from chat_refs import smollm2_path
 
 from corral.tokenizer import Tokenizer
 from tests.reference_data import llama_cpp_source
 from tests.tokenizer.tokenizer_data import tokenizer_for as corral_tokenizer
-
-
-@pytest.fixture(scope="module")
-def smol() -> Tokenizer:
-    return corral_tokenizer(smollm2_path())
-
-
-@pytest.fixture(scope="module")
-def spm() -> Tokenizer:
-    return corral_tokenizer(llama_spm_path())
 
 
 def test_special_text_in_content_stays_plain_text(smol: Tokenizer) -> None:

@@ -6,24 +6,13 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from chat_refs import llama_spm_path, smollm2_path
+from chat_refs import smollm2_path
 
 from corral.chat import BUILTIN_FORMATS, ChatError, TemplateError, resolve_chat_format
 from corral.tokenizer import Tokenizer
 from tests.tokenizer.tokenizer_data import corral_metadata as metadata
-from tests.tokenizer.tokenizer_data import tokenizer_for as corral_tokenizer
 
 TEMPLATE_KEY = "tokenizer.chat_template"
-
-
-@pytest.fixture(scope="module")
-def smol() -> Tokenizer:
-    return corral_tokenizer(smollm2_path())
-
-
-@pytest.fixture(scope="module")
-def spm() -> Tokenizer:
-    return corral_tokenizer(llama_spm_path())
 
 
 def smol_metadata(**changes: object) -> dict[str, object]:
