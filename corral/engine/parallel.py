@@ -14,8 +14,7 @@ import torch
 from corral.engine.generate import check_prompt, prefill
 from corral.model.llama import Transformer
 from corral.sampling import Sampler, SamplingParams
-
-MAX_COMPLETIONS = 128
+from corral.sampling.params import MAX_COMPLETIONS
 
 
 def sequence_params(params: SamplingParams, index: int) -> SamplingParams:

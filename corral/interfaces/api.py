@@ -169,17 +169,16 @@ class LLM:
     ) -> tuple[SamplingParams, int]:
         """Validate a request before any model work: token ids, sampling keywords (HF /
         OpenAI spellings mapped), max_tokens and logit_bias ids. Returns the params and the
-        effective max_tokens (`max_new_tokens` wins)."""
+        effective max_tokens (a `max_new_tokens` / `max_tokens` keyword wins over the
+        positional default)."""
         for token in prompt_ids:
             if not 0 <= token < self.config.n_vocab:
                 raise ValueError(f"token id {token} is out of range [0, {self.config.n_vocab})")
-        params, rest = params_from_kwargs(**sampling)
-        if rest.get("max_new_tokens") is not None:
-            max_tokens = rest["max_new_tokens"]
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-            raise SamplingParamsError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+        if not {"max_tokens", "max_new_tokens", "n_predict"} & sampling.keys():
+            sampling = {**sampling, "max_tokens": max_tokens}
+        params = params_from_kwargs(**sampling)
         check_logit_bias(params, self.config.n_vocab)
-        return params, max_tokens
+        return params, params.max_tokens
 
     # -- text ---------------------------------------------------------------------------
 

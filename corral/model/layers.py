@@ -42,14 +42,15 @@ def rope_tables(config: ModelConfig, n_positions: int, device: torch.device) -> 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs (x[2i], x[2i+1]) of the first rope_dim dims (GGUF "normal" mode).
 
-    x: (B, T, heads, D); table: (T, rope_dim/2, 2). GGUF files store Q/K rows permuted by the
-    converter so that this pairing equals HF's rotate-half on the original weights.
+    x: (B, T, heads, D); table: (B or 1, T, rope_dim/2, 2), the cos/sin of each token's
+    position. GGUF files store Q/K rows permuted by the converter so that this pairing
+    equals HF's rotate-half on the original weights.
     """
-    rope_dim = table.shape[1] * 2
+    rope_dim = table.shape[2] * 2
     rotated, passthrough = x[..., :rope_dim], x[..., rope_dim:]
     pairs = rotated.float().reshape(*x.shape[:-1], rope_dim // 2, 2)  # (B, T, heads, rd/2, 2)
-    cos = table[None, :, None, :, 0]  # (1, T, 1, rd/2)
-    sin = table[None, :, None, :, 1]
+    cos = table[:, :, None, :, 0]  # (B|1, T, 1, rd/2)
+    sin = table[:, :, None, :, 1]
     x0, x1 = pairs[..., 0], pairs[..., 1]
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     out = out.flatten(-2).to(x.dtype)  # (B, T, heads, rope_dim)
@@ -75,19 +76,37 @@ class KVCache(nn.Module):
             self.register_buffer(name, buffer, persistent=False)
 
     def update(
-        self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, end: int
+        self,
+        rows: torch.Tensor | None,
+        positions: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        end: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, Hkv, T, D) at `positions` of the first B sequences; return their
-        cache up to `end`."""
+        """Write k, v (B, Hkv, T, D) at `positions` (B or 1, T) of cache rows `rows` (B,)
+        (None: rows 0..B-1); return those rows' cache up to position `end`."""
         batch = k.shape[0]
-        self.k[:batch, :, positions] = k
-        self.v[:batch, :, positions] = v
-        return self.k[:batch, :, :end], self.v[:batch, :, :end]
+        if rows is None and positions.shape[0] == 1:  # one shared run of positions: views
+            self.k[:batch, :, positions[0]] = k
+            self.v[:batch, :, positions[0]] = v
+            return self.k[:batch, :, :end], self.v[:batch, :, :end]
+        if rows is None:
+            rows = torch.arange(batch, device=k.device)
+        index = rows[:, None].expand(batch, positions.shape[1])  # (B, T)
+        positions = positions.expand(batch, -1)  # (B, T)
+        self.k[index, :, positions] = k.transpose(1, 2)  # indexed view: (B, T, Hkv, D)
+        self.v[index, :, positions] = v.transpose(1, 2)
+        return self.k[rows, :, :end], self.v[rows, :, :end]  # (B, Hkv, end, D) copies
 
     def share_prefix(self, n_positions: int) -> None:
         """Copy sequence 0's first `n_positions` entries to every other sequence."""
         self.k[1:, :, :n_positions] = self.k[:1, :, :n_positions]
         self.v[1:, :, :n_positions] = self.v[:1, :, :n_positions]
+
+    def copy_prefix(self, source: int, target: int, n_positions: int) -> None:
+        """Copy row `source`'s first `n_positions` entries to row `target`."""
+        self.k[target, :, :n_positions] = self.k[source, :, :n_positions]
+        self.v[target, :, :n_positions] = self.v[source, :, :n_positions]
 
 
 class Attention(nn.Module):
@@ -108,9 +127,15 @@ class Attention(nn.Module):
         self.cache: KVCache | None = None
 
     def forward(
-        self, x: torch.Tensor, rope: torch.Tensor, positions: torch.Tensor, end: int
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        positions: torch.Tensor,
+        end: int,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: (B, T, E) at `positions` (T,), contiguous and ending at `end` - 1."""
+        """x: (B, T, E) at `positions` (B or 1, T) of KV cache rows `rows` (B,) (None: rows
+        0..B-1); every sequence's last position is below `end`."""
         batch, n_new, _ = x.shape
         q = self.wq(x).view(batch, n_new, self.n_head, self.head_dim)  # (B, T, H, D)
         k = self.wk(x).view(batch, n_new, self.n_head_kv, self.head_dim)  # (B, T, Hkv, D)
@@ -119,11 +144,12 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
         if self.cache is None:
             raise RuntimeError("Attention.cache is not set up: call Transformer.setup_cache")
-        k, v = self.cache.update(positions, k, v, end)  # (B, Hkv, end, D)
+        k, v = self.cache.update(rows, positions, k, v, end)  # (B, Hkv, end, D)
         mask = None
-        if n_new > 1:
+        if n_new > 1 or positions.shape[0] > 1:
             key_pos = torch.arange(end, device=x.device)
-            mask = key_pos[None, :] <= positions[:, None]  # (T, end): causal
+            # (B|1, 1, T, end): causal, and blind to stale entries past each sequence's end
+            mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         out = out.transpose(1, 2).reshape(batch, n_new, self.n_head * self.head_dim)  # (B, T, H*D)
         return self.wo(out)

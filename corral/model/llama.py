@@ -1,5 +1,7 @@
 """The Llama transformer: embedding, N pre-norm blocks (attention + SwiGLU), norm, LM head."""
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -18,9 +20,14 @@ class Block(nn.Module):
         self.ffn = FeedForward(config)
 
     def forward(
-        self, x: torch.Tensor, rope: torch.Tensor, positions: torch.Tensor, end: int
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        positions: torch.Tensor,
+        end: int,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, positions, end)
+        x = x + self.attn(self.attn_norm(x), rope, positions, end, rows)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -63,22 +70,41 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attn.cache.share_prefix(n_positions)
 
-    @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, start: int, *, last_only: bool = False) -> torch.Tensor:
-        """Logits (B, T, V) for `tokens` (B, T) placed at positions start .. start + T - 1.
+    def copy_prefix(self, source: int, target: int, n_positions: int) -> None:
+        """Give cache row `target` the first `n_positions` cached entries of row `source`."""
+        for layer in self.layers:
+            layer.attn.cache.copy_prefix(source, target, n_positions)
 
-        With `last_only`, only the last position's logits (B, 1, V) are computed: the LM head
-        is the largest matmul of prefill, and generation needs only the last row.
+    @torch.inference_mode()
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        start: int | Sequence[int],
+        *,
+        rows: Sequence[int] | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, V) for `tokens` (B, T).
+
+        start: the position of every sequence's first new token, one int for all or one per
+            sequence (continuous batching: each sequence at its own position).
+        rows: the KV cache row of each sequence (default rows 0..B-1).
+        last_only: compute only the last position's logits (B, 1, V): the LM head is the
+            largest matmul of prefill, and generation needs only the last row.
         """
         n_new = tokens.shape[1]
-        end = start + n_new
-        if end > self.n_positions:
+        device = tokens.device
+        starts = [start] if isinstance(start, int) else list(start)
+        end = max(starts) + n_new
+        if end > self.n_positions or min(starts) < 0:
             raise ValueError(f"positions up to {end} exceed the KV cache ({self.n_positions})")
-        positions = torch.arange(start, end, device=tokens.device)  # (T,)
-        rope = self.rope[start:end]  # (T, rope_dim/2, 2)
+        offsets = torch.arange(n_new, device=device)  # (T,)
+        positions = torch.tensor(starts, device=device)[:, None] + offsets  # (B|1, T)
+        rope = self.rope[positions]  # (B|1, T, rope_dim/2, 2)
+        row_index = None if rows is None else torch.tensor(list(rows), device=device)  # (B,)
         x = self.tok_embeddings(tokens)  # (B, T, E)
         for layer in self.layers:
-            x = layer(x, rope, positions, end)
+            x = layer(x, rope, positions, end, row_index)
         if last_only:
             x = x[:, -1:]  # (B, 1, E)
         return self.output(self.norm(x)).float()

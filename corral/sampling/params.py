@@ -13,6 +13,9 @@ from corral.sampling.errors import SamplingParamsError
 
 ORDERS = ("llama.cpp", "hf")
 MAX_TOP_LOGPROBS = 20
+MAX_COMPLETIONS = 128  # n
+MAX_STOPS = 16  # entries of `stop`
+MAX_STOP_CHARS = 512  # length of one stop string
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,11 @@ class SamplingParams:
     mirostat: 0 off, 1 = Mirostat, 2 = Mirostat 2.0, with target entropy mirostat_tau and
         learning rate mirostat_eta; replaces top_k/typical/top_p/min_p.
     order: "llama.cpp" (llama.cpp's default sampler chain) or "hf" (transformers' order).
+
+    The request's generation controls live here too, so the API, CLI and server share one
+    object: max_tokens (new tokens at most, >= 1), stop (strings that end the text, not
+    included, and token ids that end generation; at most 16), n (completions of one
+    prompt, 1..128; completion i samples with seed + i).
     """
 
     temperature: float = 0.8
@@ -58,6 +66,9 @@ class SamplingParams:
     mirostat_tau: float = 5.0
     mirostat_eta: float = 0.1
     order: str = "llama.cpp"
+    max_tokens: int = 128
+    stop: Any = field(default=())
+    n: int = 1
 
     def __post_init__(self) -> None:
         _number("temperature", self.temperature, low=0.0)
@@ -81,6 +92,19 @@ class SamplingParams:
         _number("mirostat_eta", self.mirostat_eta, low=0.0, low_open=True)
         if self.order not in ORDERS:
             raise SamplingParamsError(f"order must be one of {ORDERS}, got {self.order!r}")
+        _integer("max_tokens", self.max_tokens, low=1)
+        object.__setattr__(self, "stop", _stops(self.stop))
+        _integer("n", self.n, low=1, high=MAX_COMPLETIONS)
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """The stop strings of `stop`."""
+        return tuple(item for item in self.stop if isinstance(item, str))
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """The stop token ids of `stop`."""
+        return frozenset(item for item in self.stop if not isinstance(item, str))
 
     @property
     def greedy(self) -> bool:
@@ -153,6 +177,26 @@ def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
     return tuple(sorted(biases.items()))
 
 
+def _stops(value: Any) -> tuple[str | int, ...]:
+    """Normalise `stop` to a tuple of strings and token ids; one string is one stop."""
+    if value is None:
+        return ()
+    items = (value,) if isinstance(value, str | int) else value
+    try:
+        items = tuple(items)
+    except TypeError:
+        raise _fail("stop", "a string, a token id or a list of them", value) from None
+    if len(items) > MAX_STOPS:
+        raise SamplingParamsError(f"stop has {len(items)} entries; at most {MAX_STOPS}")
+    for item in items:
+        if isinstance(item, str):
+            if not item or len(item) > MAX_STOP_CHARS:
+                raise _fail("stop", f"non-empty strings of at most {MAX_STOP_CHARS} chars", item)
+        elif isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise _fail("stop", "strings or token ids", item)
+    return tuple(dict.fromkeys(items))
+
+
 def _token_id(key: Any) -> int:
     if isinstance(key, str):
         text = key.strip()
@@ -176,25 +220,22 @@ ALIASES = {
     "mirostat_lr": "mirostat_eta",
     "mirostat_ent": "mirostat_tau",
     "n_probs": "top_logprobs",
+    "max_new_tokens": "max_tokens",
+    "n_predict": "max_tokens",
 }
 FIELDS = frozenset(f.name for f in fields(SamplingParams))
 
 
-def params_from_kwargs(**kwargs: Any) -> tuple[SamplingParams, dict[str, Any]]:
+def params_from_kwargs(**kwargs: Any) -> SamplingParams:
     """SamplingParams from keyword arguments in any of the usual spellings.
 
-    Returns the params and the keywords that are not sampling controls but generation
-    ones (`max_new_tokens`), for the caller to handle. `do_sample=False` means greedy
-    (temperature 0); `do_sample=True` changes nothing. None values mean "default", as
-    OpenAI clients send them. Unknown keywords are refused by name.
+    `do_sample=False` means greedy (temperature 0); `do_sample=True` changes nothing.
+    `max_new_tokens` (HF) and `n_predict` (llama.cpp) mean `max_tokens`. None values mean
+    "default", as OpenAI clients send them. Unknown keywords are refused by name.
     """
     values: dict[str, Any] = {}
-    rest: dict[str, Any] = {}
     do_sample = kwargs.pop("do_sample", None)
     for key, value in kwargs.items():
-        if key == "max_new_tokens":
-            rest[key] = value
-            continue
         name = ALIASES.get(key, key)
         if name not in FIELDS:
             raise SamplingParamsError(f"unknown sampling parameter {key!r}")
@@ -206,4 +247,4 @@ def params_from_kwargs(**kwargs: Any) -> tuple[SamplingParams, dict[str, Any]]:
         _boolean("do_sample", do_sample)
         if not do_sample:
             values["temperature"] = 0.0
-    return SamplingParams(**values), rest
+    return SamplingParams(**values)

@@ -68,19 +68,39 @@ def test_logit_bias_string_keys_and_pairs():
 
 
 def test_hf_and_openai_spellings():
-    params, rest = params_from_kwargs(
+    params = params_from_kwargs(
         do_sample=True, top_k=0, top_p=0.95, repetition_penalty=1.15, max_new_tokens=7
     )
     assert (params.top_k, params.repetition_penalty, params.temperature) == (0, 1.15, 0.8)
-    assert rest == {"max_new_tokens": 7}
-    greedy, _ = params_from_kwargs(do_sample=False, temperature=0.7)
+    assert params.max_tokens == 7
+    greedy = params_from_kwargs(do_sample=False, temperature=0.7)
     assert greedy.temperature == 0.0
-    llama, _ = params_from_kwargs(temp=0.7, repeat_penalty=1.1, mirostat_mode=2, typical=0.9)
+    llama = params_from_kwargs(temp=0.7, repeat_penalty=1.1, mirostat_mode=2, typical=0.9)
     assert (llama.temperature, llama.mirostat, llama.typical_p) == (0.7, 2, 0.9)
-    openai, _ = params_from_kwargs(
+    assert params_from_kwargs(n_predict=5).max_tokens == 5
+    openai = params_from_kwargs(
         frequency_penalty=0.5, presence_penalty=None, logit_bias={"50256": -100}, top_logprobs=2
     )
     assert openai.logit_bias == ((50256, -100.0),) and openai.presence_penalty == 0.0
+
+
+def test_generation_controls_are_validated():
+    params = SamplingParams(stop=["USER:", 2, "USER:"], n=3, max_tokens=9)
+    assert params.stop == ("USER:", 2) and params.stop_strings == ("USER:",)
+    assert params.stop_ids == frozenset({2}) and (params.n, params.max_tokens) == (3, 9)
+    assert SamplingParams(stop="\n\n").stop == ("\n\n",)
+    for name, value in [
+        ("max_tokens", 0),
+        ("n", 0),
+        ("n", 129),
+        ("stop", [""]),
+        ("stop", ["x"] * 17),
+        ("stop", ["x" * 513]),
+        ("stop", [-1]),
+        ("stop", [1.5]),
+    ]:
+        with pytest.raises(SamplingParamsError, match=name):
+            SamplingParams(**{name: value})
 
 
 def test_unknown_or_repeated_keywords_are_refused():
