@@ -145,11 +145,10 @@ class Attention(nn.Module):
         if self.cache is None:
             raise RuntimeError("Attention.cache is not set up: call Transformer.setup_cache")
         k, v = self.cache.update(rows, positions, k, v, end)  # (B, Hkv, end, D)
-        mask = None
-        if n_new > 1 or positions.shape[0] > 1:
-            key_pos = torch.arange(end, device=x.device)
-            # (B|1, 1, T, end): causal, and blind to stale entries past each sequence's end
-            mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]
+        key_pos = torch.arange(end, device=x.device)
+        # (B|1, 1, T, end): causal, and blind to stale entries past each sequence's position
+        # (a reused cache row; a CUDA graph attending over a fixed `end`)
+        mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         out = out.transpose(1, 2).reshape(batch, n_new, self.n_head * self.head_dim)  # (B, T, H*D)
         return self.wo(out)

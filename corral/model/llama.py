@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from corral.config import ModelConfig
+from corral.model.graphs import DecodeGraphs
 from corral.model.layers import Attention, FeedForward, KVCache, RMSNorm, rope_tables
 
 
@@ -30,6 +31,11 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x), rope, positions, end, rows)
         return x + self.ffn(self.ffn_norm(x))
 
+    @property
+    def device(self) -> torch.device:
+        """The device this layer runs on."""
+        return self.attn_norm.weight.device
+
 
 class Transformer(nn.Module):
     """Llama-family decoder. Build on the meta device, then bind weights with assign=True."""
@@ -43,21 +49,30 @@ class Transformer(nn.Module):
         self.output = nn.Linear(config.n_embd, config.n_vocab, bias=False)
         self.register_buffer("rope", torch.empty(0, config.rope_dim // 2, 2), persistent=False)
         self.n_positions = 0
+        self.graphs: DecodeGraphs | None = None
+
+    def use_cuda_graphs(self, enabled: bool = True) -> None:
+        """Replay one-token decode steps from captured CUDA graphs (all layers must be on
+        one CUDA device); see corral.model.graphs."""
+        self.graphs = DecodeGraphs(self) if enabled else None
 
     def setup_cache(self, batch: int, n_positions: int) -> None:
-        """Allocate the static KV cache and RoPE table for `n_positions` tokens."""
-        weight = self.tok_embeddings.weight
+        """Allocate the static KV cache (`batch` rows of `n_positions` tokens, each layer's
+        on that layer's device) and the RoPE table."""
+        dtype = self.tok_embeddings.weight.dtype
         self.n_positions = n_positions
-        self.rope = rope_tables(self.config, n_positions, weight.device)
+        self.rope = rope_tables(self.config, n_positions, self.tok_embeddings.weight.device)
         for layer in self.layers:
             layer.attn.cache = KVCache(
                 batch,
                 n_positions,
                 self.config.n_head_kv,
                 self.config.head_dim,
-                weight.dtype,
-                weight.device,
+                dtype,
+                layer.device,
             )
+        if self.graphs is not None:
+            self.graphs.reset()
 
     @property
     def cache_batch(self) -> int:
@@ -93,18 +108,40 @@ class Transformer(nn.Module):
             largest matmul of prefill, and generation needs only the last row.
         """
         n_new = tokens.shape[1]
-        device = tokens.device
         starts = [start] if isinstance(start, int) else list(start)
         end = max(starts) + n_new
         if end > self.n_positions or min(starts) < 0:
             raise ValueError(f"positions up to {end} exceed the KV cache ({self.n_positions})")
+        if self.graphs is not None and n_new == 1:
+            return self.graphs.run(tokens, starts, rows, end)
+        device = tokens.device
         offsets = torch.arange(n_new, device=device)  # (T,)
         positions = torch.tensor(starts, device=device)[:, None] + offsets  # (B|1, T)
-        rope = self.rope[positions]  # (B|1, T, rope_dim/2, 2)
         row_index = None if rows is None else torch.tensor(list(rows), device=device)  # (B,)
+        return self.step(tokens, positions, row_index, end, last_only=last_only)
+
+    def step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        rows: torch.Tensor | None,
+        end: int,
+        *,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """forward() on tensors only, so a CUDA graph can capture it: `positions` (B|1, T),
+        `rows` (B,) or None, every position below `end` (a Python int fixing the shapes)."""
         x = self.tok_embeddings(tokens)  # (B, T, E)
+        rope = self.rope[positions.to(self.rope.device)]  # (B|1, T, rope_dim/2, 2)
+        inputs: dict[torch.device, tuple] = {}
         for layer in self.layers:
-            x = layer(x, rope, positions, end, row_index)
+            device = layer.device
+            if device not in inputs:  # partial offload: layers on several devices
+                moved = (rope, positions, rows)
+                inputs[device] = tuple(None if t is None else t.to(device) for t in moved)
+            layer_rope, layer_positions, layer_rows = inputs[device]
+            x = layer(x.to(device), layer_rope, layer_positions, end, layer_rows)
         if last_only:
             x = x[:, -1:]  # (B, 1, E)
+        x = x.to(self.norm.weight.device)
         return self.output(self.norm(x)).float()
