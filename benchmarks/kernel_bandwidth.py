@@ -1,0 +1,244 @@
+"""Speed of corral's fused quantized-linear Triton kernels on one GPU, against torch fp16.
+
+For each GGUF type and weight shape (N out x K in; default 14336x4096 and 4096x14336, the
+Llama-3-8B / Mistral-7B FFN shapes), with random valid blocks:
+- matvec, batch 1: microseconds per call and effective TB/s = bytes of the weight read
+  per call / time, for the packed weight (what the kernel reads) and for the GGUF file
+  (what llama.cpp reads); torch fp16 `x @ W.T` on the dequantized weight beside it.
+  Timed as a CUDA graph of calls that cycle through enough copies of the weight to
+  exceed L2, so every call reads from DRAM, without Python launch overhead (as in decode).
+- matmul, M = --m rows (default 512): TFLOP/s of the fused tensor-core kernel and of torch
+  fp16 matmul on the dequantized weight (triton.testing.do_bench).
+--sweep TYPES times matvec tile configurations; --batches times the matvec/matmul
+crossover for Q4_K. Kernels are compiled by --jobs processes in parallel first.
+
+    PYTHONPATH=. python3 benchmarks/kernel_bandwidth.py [--types Q4_0,Q4_K] [--sweep Q4_K]
+"""
+
+import argparse
+import itertools
+import math
+import multiprocessing
+import time
+
+import torch
+
+from corral.kernels.packing import BLOCKS, pack
+from corral.kernels.reference import dequantize_packed, linear_reference
+from corral.kernels.triton.matmul import MatmulConfig, matmul
+from corral.kernels.triton.matvec import MatvecConfig, default_config, matvec
+
+TYPES = ("Q4_0", "Q8_0", "Q4_K", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q5_K", "Q6_K")
+# Byte offsets of the fp16 fields in a block (ggml-common.h).
+F16_FIELDS = {
+    "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
+    "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
+}  # fmt: skip
+SWEEP = [
+    MatvecConfig(block_n=bn, groups=g, num_warps=w, split_waves=s)
+    for bn, g, w, s in itertools.product((32, 64, 128), (8, 16), (4, 8), (0.0, 4.0))
+]
+MATMUL_SWEEP = [  # block_m, block_n, group_m, num_warps, num_stages
+    MatmulConfig(64, 64, 8, 4, 3),
+    MatmulConfig(128, 64, 8, 4, 3),
+    MatmulConfig(128, 64, 8, 8, 3),
+    MatmulConfig(64, 128, 8, 4, 3),
+    MatmulConfig(128, 128, 8, 8, 3),
+]
+L2_BYTES = 50 * 2**20
+
+
+def random_gguf(qtype: str, n: int, k: int, device: str, seed: int = 0) -> torch.Tensor:
+    """GGUF bytes (n, row_bytes) of random blocks with finite scales in [-0.01, 0.01]."""
+    block, size = BLOCKS[qtype]
+    g = torch.Generator(device=device).manual_seed(seed)
+    blocks = torch.randint(
+        0, 256, (n * k // block, size), dtype=torch.uint8, device=device, generator=g
+    )
+    for offset in F16_FIELDS[qtype]:
+        scales = (torch.rand(blocks.shape[0], device=device, generator=g) - 0.5) / 50
+        blocks[:, offset : offset + 2] = scales.half().view(torch.uint8).view(-1, 2)
+    return blocks.view(n, -1)
+
+
+def graph_time(calls: list, reps: int = 3) -> float:
+    """Seconds per call of `calls` (closures) captured in one CUDA graph, best of reps."""
+    for fn in calls:  # compile and warm up outside the capture
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for fn in calls:
+            fn()
+    best = math.inf
+    for _ in range(reps):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        stop.record()
+        stop.synchronize()
+        best = min(best, start.elapsed_time(stop) / 1e3 / len(calls))
+    return best
+
+
+def rotating(make, nbytes: int) -> list:
+    """Enough copies (from `make()`) that cycling through them overflows L2 three times."""
+    return [make() for _ in range(max(2, math.ceil(3 * L2_BYTES / nbytes)))]
+
+
+def matvec_seconds(pws: list, x: torch.Tensor, cfg: MatvecConfig | None) -> float:
+    calls = [lambda pw=pw: matvec(x, pw, cfg) for pw in pws] * max(1, 40 // len(pws))
+    return graph_time(calls)
+
+
+def bench_type(qtype: str, n: int, k: int, m_big: int) -> dict:
+    raw = random_gguf(qtype, n, k, "cuda")
+    gguf_bytes = raw.numel()
+    pws = rotating(lambda: pack(raw, qtype, k), gguf_bytes)
+    pw = pws[0]
+    x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+    ref = linear_reference(x.float(), pw)
+    err = ((matvec(x, pw).float() - ref).abs().max() / ref.abs().max()).item()
+    t = matvec_seconds(pws, x, None)
+    w16 = dequantize_packed(pw).half()  # (N, K)
+    w16s = [w16] + [w16.clone() for _ in range(max(1, math.ceil(3 * L2_BYTES / w16.nbytes)) - 1)]
+    t16 = graph_time([lambda w=w: torch.nn.functional.linear(x, w) for w in w16s] * 10)
+    xb = torch.randn(m_big, k, device="cuda", dtype=torch.float16)
+    ref_big = linear_reference(xb.float(), pw)
+    err_mm = ((matmul(xb, pw).float() - ref_big).abs().max() / ref_big.abs().max()).item()
+    flop = 2 * m_big * n * k
+    from triton.testing import do_bench
+
+    t_mm = do_bench(lambda: matmul(xb, pw)) / 1e3
+    t_mm16 = do_bench(lambda: torch.nn.functional.linear(xb, w16)) / 1e3
+    return {
+        "type": qtype, "shape": f"{n}x{k}",
+        "packed_MB": pw.nbytes() / 1e6, "gguf_MB": gguf_bytes / 1e6,
+        "us": t * 1e6, "TBps_packed": pw.nbytes() / t / 1e12, "TBps_gguf": gguf_bytes / t / 1e12,
+        "fp16_us": t16 * 1e6, "fp16_TBps": w16.nbytes / t16 / 1e12, "err": err,
+        "mm_TFLOPs": flop / t_mm / 1e12, "fp16_mm_TFLOPs": flop / t_mm16 / 1e12, "mm_err": err_mm,
+    }  # fmt: skip
+
+
+def sweep(qtype: str, n: int, k: int) -> None:
+    raw = random_gguf(qtype, n, k, "cuda")
+    pws = rotating(lambda: pack(raw, qtype, k), raw.numel())
+    x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+    rows = []
+    for cfg in SWEEP:
+        try:
+            t = matvec_seconds(pws, x, cfg)
+        except Exception as err:  # e.g. out of registers: report and go on
+            print(f"  {cfg} failed: {err!r}")
+            continue
+        rows.append((pws[0].nbytes() / t / 1e12, cfg))
+    rows.sort(key=lambda r: -r[0])
+    print(f"sweep {qtype} {n}x{k} default {default_config(qtype, 1)}")
+    for tbps, cfg in rows[:6] + rows[-2:]:
+        print(f"  {tbps:5.2f} TB/s  {cfg}")
+    xb = torch.randn(512, k, device="cuda", dtype=torch.float16)
+    from triton.testing import do_bench
+
+    for cfg in MATMUL_SWEEP:
+        try:
+            t = do_bench(lambda cfg=cfg: matmul(xb, pws[0], cfg)) / 1e3
+        except Exception as err:  # e.g. out of shared memory: report and go on
+            print(f"  matmul {cfg} failed: {err!r}")
+            continue
+        print(f"  matmul M=512 {2 * 512 * n * k / t / 1e12:6.1f} TFLOP/s  {cfg}")
+
+
+def crossover(qtype: str, n: int, k: int, batches: list[int]) -> None:
+    raw = random_gguf(qtype, n, k, "cuda")
+    pws = rotating(lambda: pack(raw, qtype, k), raw.numel())
+    for m in batches:
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        t_mv = matvec_seconds(pws, x, None) if m <= 16 else math.nan
+        calls = [lambda pw=pw, x=x: matmul(x, pw) for pw in pws]
+        t_mm = graph_time(calls * max(1, 40 // len(pws)))
+        times = f"matvec {t_mv * 1e6:7.1f} us  matmul {t_mm * 1e6:7.1f} us"
+        print(f"crossover {qtype} {n}x{k} M={m:3d}: {times}")
+
+
+def _safe_compile(job: tuple) -> str:
+    try:
+        _compile_worker(job)
+    except Exception as err:
+        return repr(err)[:300]
+    return ""
+
+
+def _compile_worker(job: tuple) -> str:
+    """Run one kernel configuration once on small tensors of the real shape class."""
+    kind, qtype, n, k, m, cfg = job
+    raw = random_gguf(qtype, n, k, "cuda")
+    pw = pack(raw, qtype, k)
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    (matvec if kind == "mv" else matmul)(x, pw, cfg)
+    torch.cuda.synchronize()
+    return qtype
+
+
+def precompile(jobs: list, procs: int) -> None:
+    """Fill Triton's on-disk cache from `procs` processes (compiling is single-threaded)."""
+    start = time.time()
+    with multiprocessing.get_context("spawn").Pool(procs) as pool:
+        for job, result in zip(jobs, pool.imap(_safe_compile, jobs, chunksize=1), strict=True):
+            if result:
+                print(f"compile {job[:5]} failed: {result}")
+    print(f"compiled {len(jobs)} kernel configurations in {time.time() - start:.0f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("--shapes", default="14336x4096,4096x14336")
+    ap.add_argument("--m", type=int, default=512, help="rows of the matmul benchmark")
+    ap.add_argument("--sweep", default="", help="types whose matvec tiles to sweep")
+    ap.add_argument("--batches", default="", help="e.g. 1,2,4,8,16: matvec/matmul crossover")
+    ap.add_argument("--jobs", type=int, default=12, help="compile processes (0: none)")
+    ap.add_argument("--compile-only", action="store_true", help="fill the kernel cache, exit")
+    args = ap.parse_args()
+    types = [t for t in args.types.split(",") if t]
+    shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
+    swept = [t for t in args.sweep.split(",") if t]
+    batches = [int(b) for b in args.batches.split(",") if b]
+    print(torch.cuda.get_device_name(), "torch", torch.__version__)
+    jobs = [("mv", t, n, k, 1, None) for t in types for n, k in shapes]
+    jobs += [("mm", t, n, k, args.m, None) for t in types for n, k in shapes[:1]]
+    jobs += [("mv", t, n, k, 1, c) for t in swept for n, k in shapes for c in SWEEP]
+    jobs += [("mm", t, n, k, 512, c) for t in swept for n, k in shapes[:1] for c in MATMUL_SWEEP]
+    jobs += [("mv", "Q4_K", *shapes[0], m, None) for m in batches if m <= 16]
+    jobs += [("mm", "Q4_K", *shapes[0], m, None) for m in batches]
+    if args.jobs > 0:
+        precompile(jobs, args.jobs)
+    if args.compile_only:
+        return
+    print(
+        "| type | N x K | packed MB | GGUF MB | matvec us | TB/s packed | TB/s GGUF | "
+        "fp16 us | fp16 TB/s | max rel err | matmul TFLOP/s | fp16 TFLOP/s | mm rel err |"
+    )
+    print("|" + "---|" * 13)
+    for t in types:
+        for n, k in shapes:
+            try:
+                r = bench_type(t, n, k, args.m)
+            except Exception as err:  # one failing type must not hide the others
+                print(f"| {t} | {n}x{k} | failed: {err!r} |", flush=True)
+                continue
+            cells = (
+                f"{r['type']} | {r['shape']} | {r['packed_MB']:.1f} | {r['gguf_MB']:.1f}",
+                f"{r['us']:.1f} | {r['TBps_packed']:.2f} | {r['TBps_gguf']:.2f}",
+                f"{r['fp16_us']:.1f} | {r['fp16_TBps']:.2f} | {r['err']:.1e}",
+                f"{r['mm_TFLOPs']:.0f} | {r['fp16_mm_TFLOPs']:.0f} | {r['mm_err']:.1e}",
+            )
+            print("| " + " | ".join(cells) + " |", flush=True)
+    for t in swept:
+        for n, k in shapes:
+            sweep(t, n, k)
+    if batches:
+        crossover("Q4_K", *shapes[0], batches)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Decoding packed quants inside Triton kernels, shared by the matvec and matmul kernels.
+
+Each quant type is data, not code: `KernelType` says how many low bits sit in the `qs`
+words, how many high bits in `qh`, how many sub-blocks a group of 4 words spans, and
+how its per-sub-block `a, b` (values are `a * q + b`, see corral.kernels.reference) come
+from the scale tensors. The kernels are generic over these constexprs.
+
+Where the time goes: a 4-bit weight costs one shift, one and/or and one FMA. Converting
+an integer to float (I2F) runs at a quarter of the FMA rate on H100, so no quant is ever
+converted: its bits are placed in the top of the mantissa of 1.0f,
+
+    f = as_float(0x3F800000 | q << (23 - nbits)) = 1 + q / 2**nbits   (exact),
+
+and the kernels accumulate sum(f * x); sum(q * x) = 2**nbits * (sum(f * x) - sum(x)),
+which keeps float32 accuracy because f stays in [1, 2).
+"""
+
+from dataclasses import dataclass
+
+import triton
+import triton.language as tl
+
+# How a type's (a, b) per sub-block come from its scale fields (see packing.py's table).
+LEGACY = tl.constexpr(0)  # a = d, b = -offset * d                    (Q4_0, Q5_0, Q8_0)
+LEGACY_MIN = tl.constexpr(1)  # a = d, b = m                          (Q4_1, Q5_1)
+NIBBLE_SC_MIN = tl.constexpr(2)  # a = d sc, b = -dmin m; sc | m << 4 per byte   (Q2_K)
+SIGNED_SC = tl.constexpr(3)  # a = d sc, b = -offset a; int8 sc per byte   (Q3_K, Q6_K)
+BYTE_SC_MIN = tl.constexpr(4)  # a = d sc, b = -dmin m; sc | m << 8 per group  (Q4_K, Q5_K)
+
+
+@dataclass(frozen=True)
+class KernelType:
+    """Constexprs describing one quant type to the kernels."""
+
+    bits: int  # low bits per weight, in the int32 `qs` words
+    hbits: int  # high bits per weight, in `qh` (0: none)
+    nsub: int  # sub-blocks per group of 4 words
+    d_div: int  # groups per entry of `d` (and `dmin`)
+    scale_kind: int  # one of the constants above
+    offset: int  # the q offset of LEGACY and SIGNED_SC types
+
+    @property
+    def group(self) -> int:
+        """Weights per group of 4 words."""
+        return 4 * 32 // self.bits
+
+
+KERNEL_TYPES: dict[str, KernelType] = {
+    "Q4_0": KernelType(4, 0, 1, 1, LEGACY.value, 8),
+    "Q4_1": KernelType(4, 0, 1, 1, LEGACY_MIN.value, 0),
+    "Q5_0": KernelType(4, 1, 1, 1, LEGACY.value, 16),
+    "Q5_1": KernelType(4, 1, 1, 1, LEGACY_MIN.value, 0),
+    "Q8_0": KernelType(8, 0, 1, 2, LEGACY.value, 128),
+    "Q2_K": KernelType(2, 0, 4, 4, NIBBLE_SC_MIN.value, 0),
+    "Q3_K": KernelType(2, 1, 4, 4, SIGNED_SC.value, 4),
+    "Q4_K": KernelType(4, 0, 1, 8, BYTE_SC_MIN.value, 0),
+    "Q5_K": KernelType(4, 1, 1, 8, BYTE_SC_MIN.value, 0),
+    "Q6_K": KernelType(4, 2, 2, 8, SIGNED_SC.value, 32),
+}
+
+
+def kernel_args(pw_tensors: dict, kt: KernelType) -> tuple:
+    """The (qs, qh, scales, d, dmin) pointers of a packed weight; absent fields alias qs."""
+    qs = pw_tensors["qs"]
+    return (
+        qs,
+        pw_tensors.get("qh", qs),
+        pw_tensors.get("scales", qs),
+        pw_tensors["d"],
+        pw_tensors.get("dmin", pw_tensors["d"]),
+    )
+
+
+@triton.jit
+def _move_bits(v, src: tl.constexpr, dst: tl.constexpr):
+    """Shift `v` so that its bit `src` lands on bit `dst`."""
+    if src > dst:
+        out = v >> (src - dst)
+    elif src < dst:
+        out = v << (dst - src)
+    else:
+        out = v
+    return out
+
+
+# The bits of 1.0f. Kernels take it as a run-time argument (pass ONE_BITS): as a constant,
+# ptxas would spend two LOP3s on `(v & mask) | 0x3F800000` (one immediate each); from a
+# register it is a single LOP3.
+ONE_BITS = 0x3F800000
+
+
+@triton.jit
+def field_as_float(W, H, j: tl.constexpr, BITS: tl.constexpr, HBITS: tl.constexpr, one):
+    """Field j of words W (and high bits H) as f = 1 + q / 2**(BITS + HBITS), float32.
+
+    `one` is ONE_BITS, given at run time.
+    """
+    LOW: tl.constexpr = 23 - BITS - HBITS
+    if HBITS > 0:
+        high = _move_bits(H, HBITS * j, 23 - HBITS) & (((1 << HBITS) - 1) << (23 - HBITS))
+        one = high | one
+    bits = (_move_bits(W, BITS * j, LOW) & (((1 << BITS) - 1) << LOW)) | one
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def load_meta(SC, D, DM, rows, groups, n_groups, mask, KIND: tl.constexpr, D_DIV: tl.constexpr):
+    """Scale fields of `groups` (any shape broadcasting with `rows`): (sc, d, dmin).
+
+    `sc` is the raw int32 scale entry (0 for legacy types); `dmin` is `m` for
+    LEGACY_MIN types and 0 where a type has none.
+    """
+    d_off = rows * (n_groups // D_DIV) + groups // D_DIV
+    d = tl.load(D + d_off, mask=mask, other=0.0).to(tl.float32)
+    if KIND == LEGACY_MIN or KIND == NIBBLE_SC_MIN or KIND == BYTE_SC_MIN:
+        dm = tl.load(DM + d_off, mask=mask, other=0.0).to(tl.float32)
+    else:
+        dm = tl.zeros_like(d)
+    if KIND >= NIBBLE_SC_MIN:
+        sc = tl.load(SC + rows * n_groups + groups, mask=mask, other=0).to(tl.int32)
+    else:
+        sc = tl.zeros_like(d).to(tl.int32)
+    return sc, d, dm
+
+
+@triton.jit
+def sub_block_ab(sc, d, dm, s: tl.constexpr, KIND: tl.constexpr, OFFSET: tl.constexpr):
+    """(a, b) of sub-block `s` of each group: its values are a * q + b."""
+    if KIND == LEGACY:
+        a = d
+        b = d * (-OFFSET)
+    elif KIND == LEGACY_MIN:
+        a = d
+        b = dm
+    elif KIND == NIBBLE_SC_MIN:
+        byte = (sc >> (8 * s)) & 0xFF
+        a = d * (byte & 0xF).to(tl.float32)
+        b = -(dm * (byte >> 4).to(tl.float32))
+    elif KIND == SIGNED_SC:
+        a = d * ((sc << (24 - 8 * s)) >> 24).to(tl.float32)
+        b = a * (-OFFSET)
+    else:
+        a = d * (sc & 0xFF).to(tl.float32)
+        b = -(dm * ((sc >> 8) & 0xFF).to(tl.float32))
+    return a, b
