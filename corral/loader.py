@@ -1,17 +1,40 @@
-"""Checkpoint -> model on the chosen device: validate tensors, dequantize, bind with assign=True."""
+"""Checkpoint -> model on the chosen device: validate tensors, dequantize, bind with assign=True.
 
+`build_model` takes any Checkpoint (corral.checkpoints: GGUF, HF, GPTQ); the GGUF tensor
+table and checks below are also used directly by `load_gguf_model`.
+"""
+
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from corral.config import ModelConfig, config_from_gguf
-from corral.errors import CorralError, ModelFormatError
+from corral.errors import CorralError, ModelFormatError, UnsupportedError
 from corral.formats.gguf import GGUFFile, TensorInfo
 from corral.model.llama import Transformer
+from corral.placement import Placement, plan_placement
 from corral.quant.dequant import dequantize
-from corral.quant.ggml_types import GGMLType
+from corral.quant.gptq import dequantize_gptq
+from corral.quant.linear import PackedLinear
+from corral.weights.blocks import BlockWeight
+from corral.weights.qtensor import QTensor
 
+if TYPE_CHECKING:
+    from corral.checkpoints.base import Checkpoint, Weight
+
+LINEAR_MODULES = (
+    "attn.wq",
+    "attn.wk",
+    "attn.wv",
+    "attn.wo",
+    "ffn.w_gate",
+    "ffn.w_up",
+    "ffn.w_down",
+)
 # GGUF tensor name -> parameter name in corral.model.llama.Transformer ("{i}" = layer index)
 LAYER_TENSORS = {
     "attn_norm.weight": "attn_norm.weight",
@@ -111,7 +134,30 @@ class LoadedModel:
 
     model: Transformer
     config: ModelConfig
-    tensor_types: dict[str, GGMLType]
+    tensor_types: Counter[str]  # storage type name -> how many stored weights have it
+    placement: Placement | None = None  # where each part lives (None: all on one device)
+
+
+def _bind(
+    config: ModelConfig,
+    dense: dict[str, torch.Tensor],
+    packed: dict[str, nn.Module],
+    n_ctx: int,
+) -> Transformer:
+    """Build the Transformer on "meta", swap in the `packed` linear modules (by weight
+    name), bind the `dense` weights (a tied LM head when "output.weight" is absent) and set
+    up a KV cache of `n_ctx` positions."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    for name, module in packed.items():
+        parent, _, attribute = name.removesuffix(".weight").rpartition(".")
+        setattr(model.get_submodule(parent), attribute, module)
+    if "output.weight" not in dense and "output.weight" not in packed:
+        dense["output.weight"] = dense["tok_embeddings.weight"]
+    model.load_state_dict(dense, assign=True, strict=True)
+    model.eval()
+    model.setup_cache(batch=1, n_positions=n_ctx)
+    return model
 
 
 def load_gguf_model(
@@ -121,24 +167,80 @@ def load_gguf_model(
     config = read_config(gguf)
     if n_ctx <= 0:
         raise ValueError(f"the context size must be positive, got {n_ctx}")
-    with torch.device("meta"):
-        model = Transformer(config)
-    state: dict[str, torch.Tensor] = {}
-    for name in expected_shapes(config):
-        if name in gguf.tensors:
-            state[parameter_name(name)] = load_tensor(gguf, gguf.tensors[name], device, dtype)
-    if "output.weight" not in state:
-        state["output.weight"] = state["tok_embeddings.weight"]
-    model.load_state_dict(state, assign=True, strict=True)
-    model.eval()
-    model.setup_cache(batch=1, n_positions=n_ctx)
-    types = {name: info.ggml_type for name, info in gguf.tensors.items()}
+    weights = {
+        parameter_name(name): load_tensor(gguf, gguf.tensors[name], device, dtype)
+        for name in expected_shapes(config)
+        if name in gguf.tensors
+    }
+    model = _bind(config, weights, {}, n_ctx)
+    types = Counter(info.ggml_type.name for info in gguf.tensors.values())
     return LoadedModel(model=model, config=config, tensor_types=types)
 
 
+def is_linear(name: str) -> bool:
+    """True for the weight of a linear layer (a matrix multiplied by activations)."""
+    return name == "output.weight" or name.removeprefix("layers.").split(".", 1)[-1] in {
+        f"{module}.weight" for module in LINEAR_MODULES
+    }
+
+
+def dense_weight(value: "Weight", device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A checkpoint weight as a dense tensor on `device`: quantized ones are dequantized
+    there (the packed data moves first, then expands)."""
+    if isinstance(value, BlockWeight):
+        try:
+            return dequantize(value.data.to(device), value.qtype, value.shape, dtype=dtype)
+        except CorralError as error:
+            raise type(error)(f"{value.source}: {error}") from error
+    if not isinstance(value, QTensor):
+        return value.to(device)
+    if value.scheme != "gptq":
+        raise UnsupportedError(f"quantization scheme {value.scheme!r} cannot be dequantized")
+    return dequantize_gptq(value.to(device), dtype)
+
+
+def build_model(
+    checkpoint: "Checkpoint",
+    device: torch.device,
+    dtype: torch.dtype,
+    n_ctx: int,
+    gpu_layers: int | None = None,
+) -> LoadedModel:
+    """The Transformer of any Checkpoint in `dtype`, with a KV cache of `n_ctx`.
+
+    On the CPU, quantized weights are dequantized at load, one at a time. On CUDA, GGUF
+    matrices stay quantized (PackedLinear: fused dequantize-and-multiply kernels) and the
+    layers are placed by corral.placement: all of them, `gpu_layers` of them (llama.cpp's
+    -ngl: the last ones, the rest on the CPU), or as many as free GPU memory holds.
+    """
+    if n_ctx <= 0:
+        raise ValueError(f"the context size must be positive, got {n_ctx}")
+    placement = plan_placement(checkpoint, device, dtype, n_ctx, gpu_layers)
+    if not placement.single_device and dtype == torch.float16:
+        dtype = torch.bfloat16  # CPU layers: float16 matmuls are slow there, bfloat16 not
+    read_device = device if placement.single_device else torch.device("cpu")
+    dense: dict[str, torch.Tensor] = {}
+    packed: dict[str, PackedLinear] = {}
+    for name, value in checkpoint.weights(read_device, dtype):
+        target = placement.device_of(name)
+        if isinstance(value, BlockWeight) and target.type == "cuda" and is_linear(name):
+            packed[name] = PackedLinear.from_gguf_blocks(
+                value.data, value.qtype.name, value.shape, target
+            )
+        else:
+            dense[name] = dense_weight(value, target, dtype)
+    model = _bind(checkpoint.config, dense, packed, n_ctx)
+    return LoadedModel(
+        model=model,
+        config=checkpoint.config,
+        tensor_types=checkpoint.tensor_types(),
+        placement=placement,
+    )
+
+
 def resolve_path(path: str | Path) -> Path:
-    """The model file, or a clear error when it does not exist."""
+    """The model file or folder, or a clear error when it does not exist."""
     resolved = Path(path).expanduser()
-    if not resolved.is_file():
-        raise FileNotFoundError(f"model file not found: {resolved}")
+    if not resolved.exists():
+        raise FileNotFoundError(f"model file or folder not found: {resolved}")
     return resolved

@@ -15,17 +15,16 @@ from corral.chat import (
     render,
     resolve_chat_format,
 )
+from corral.checkpoints import open_checkpoint
 from corral.config import ModelConfig
 from corral.default_model import default_model_path
 from corral.engine.generate import generate_ids
 from corral.engine.memory import choose_dtype
 from corral.engine.parallel import generate_n_ids
 from corral.engine.stops import StopMatcher, stop_token_ids
-from corral.formats.gguf import GGUFFile
-from corral.loader import load_gguf_model, read_config, resolve_path
+from corral.loader import build_model, resolve_path
 from corral.sampling import (
     SamplingParams,
-    SamplingParamsError,
     TokenLogprobs,
     check_logit_bias,
     params_from_kwargs,
@@ -35,10 +34,6 @@ from corral.tokenizer import StreamingDetokenizer, Tokenizer
 
 DEFAULT_CONTEXT = 4096
 DEFAULT_CHAT_TOKENS = 512
-# per-token vocabulary arrays: read once into the tokenizer, not kept in LLM.metadata
-VOCAB_ARRAYS = frozenset(
-    f"tokenizer.ggml.{key}" for key in ("tokens", "token_type", "scores", "merges")
-)
 
 
 class LLM:
@@ -52,8 +47,11 @@ class LLM:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         chat_template: str | None = None,
+        gpu_layers: int | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
-        """Load a GGUF model (the embedded default when `path` is None).
+        """Load a model: a GGUF file, an HF Llama folder (safetensors) or a GPTQ folder; the
+        embedded default when `path` is None.
 
         n_ctx: KV cache size in tokens; default min(model context, 4096).
         device: "cpu", "cuda", "cuda:1", ...; default CUDA when available.
@@ -62,20 +60,33 @@ class LLM:
         chat_template: a built-in chat format name or a jinja2 template file; default the
             model's own template, else a guess from its metadata. A model with neither
             still loads (for `generate`); `chat` then raises ChatError saying how to choose.
+        gpu_layers: on CUDA, how many layers go to the GPU (llama.cpp's -ngl: the last
+            ones; the rest, the embedding and the LM head stay on the CPU unless all layers
+            fit, and a split model computes in bfloat16); default as many as free GPU memory
+            holds. See corral.placement.
+        cuda_graphs: replay one-token decode steps from CUDA graphs when the whole model is
+            on one GPU (corral.model.graphs).
+
+        `metadata` holds the checkpoint's metadata with GGUF key names (an HF folder's chat
+        template as ``tokenizer.chat_template``); `generation_defaults` the sampling defaults
+        of an HF folder's generation_config.json, with HF names (empty for GGUF).
         """
         self.path = resolve_path(path) if path is not None else default_model_path()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        with GGUFFile(self.path) as gguf:
-            self.tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, source=str(self.path))
-            self.metadata: dict[str, Any] = {
-                key: value for key, value in gguf.metadata.items() if key not in VOCAB_ARRAYS
-            }
-            config = read_config(gguf)
+        with open_checkpoint(self.path) as checkpoint:
+            self.tokenizer = checkpoint.tokenizer()
+            self.metadata: dict[str, Any] = checkpoint.metadata
+            self.generation_defaults: dict[str, Any] = checkpoint.generation_defaults
+            config = checkpoint.config
             self.n_ctx = n_ctx or min(config.context_length, DEFAULT_CONTEXT)
             self.dtype = dtype or choose_dtype(config, self.n_ctx, self.device)
             self.chat_format, self.chat_format_reason = self._resolve_chat(chat_template)
-            loaded = load_gguf_model(gguf, self.device, self.dtype, self.n_ctx)
+            loaded = build_model(checkpoint, self.device, self.dtype, self.n_ctx, gpu_layers)
         self.model = loaded.model
+        self.placement = loaded.placement
+        self.dtype = self.model.tok_embeddings.weight.dtype
+        if cuda_graphs and self.device.type == "cuda" and self.placement.single_device:
+            self.model.use_cuda_graphs()
         self.config: ModelConfig = loaded.config
 
     def _resolve_chat(self, choice: str | None) -> tuple[ChatFormat | None, str]:

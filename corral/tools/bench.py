@@ -16,10 +16,8 @@ synchronised before the clock starts and before it stops.
 
 import argparse
 import importlib.metadata
-import inspect
 import json
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -132,24 +130,11 @@ def generation_run(model: Any, first: torch.Tensor, n_gen: int) -> Callable[[], 
 
 
 def load_model(args: argparse.Namespace, n_ctx: int) -> tuple[Any, int]:
-    """The LLM the options name and how many of its layers run on a GPU. -ngl is passed on
-    as `gpu_layers` when corral.load takes it; until then every layer runs on --device."""
+    """The LLM the options name and how many of its layers run on a GPU."""
     from corral.interfaces.api import LLM
 
-    kwargs: dict[str, Any] = {"n_ctx": n_ctx, "device": args.device}
-    offload = "gpu_layers" in inspect.signature(LLM.__init__).parameters
-    if args.n_gpu_layers is not None and offload:
-        kwargs["gpu_layers"] = args.n_gpu_layers
-    elif args.n_gpu_layers is not None:
-        print(
-            f"corral bench: -ngl {args.n_gpu_layers} ignored: this corral cannot split "
-            "layers between GPU and CPU yet; every layer runs on --device",
-            file=sys.stderr,
-        )
-    llm = LLM(args.model, **kwargs)
-    if "gpu_layers" in kwargs:
-        return llm, min(args.n_gpu_layers, llm.config.n_layer)
-    return llm, llm.config.n_layer if llm.device.type == "cuda" else 0
+    llm = LLM(args.model, n_ctx=n_ctx, device=args.device, gpu_layers=args.n_gpu_layers)
+    return llm, llm.placement.gpu_layers
 
 
 def model_row(llm: Any, gpu_layers: int) -> dict[str, Any]:

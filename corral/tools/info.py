@@ -1,17 +1,17 @@
-"""`corral info`: what a GGUF file holds and the memory needed to run it, from the header alone."""
+"""`corral info`: what a model (GGUF file, HF or GPTQ folder) holds and the memory needed to
+run it, from headers and config files alone (no weight is read)."""
 
-from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from corral.chat import ChatError, resolve_chat_format
+from corral.checkpoints import Checkpoint, open_checkpoint
 from corral.engine.memory import choose_dtype, estimate_memory
-from corral.errors import TokenizerError
-from corral.formats.gguf import GGUFFile
+from corral.errors import CorralError
 from corral.formats.split_parts import part_paths
-from corral.loader import read_config
 from corral.tokenizer import Tokenizer
 
 
@@ -32,15 +32,24 @@ def human_count(n: int) -> str:
     return str(n)
 
 
-def chat_format_row(metadata: dict[str, Any], source: str, chat_template: str | None = None) -> str:
+def chat_format_row(
+    metadata: dict[str, Any],
+    source: str,
+    chat_template: str | None = None,
+    tokenizer: Callable[[], Tokenizer] | None = None,
+) -> str:
     """Which chat format the model is used with and why (`chat_template`: the user's
-    --chat-template choice, which wins; an invalid choice raises ChatError)."""
+    --chat-template choice, which wins; an invalid choice raises ChatError). `tokenizer`
+    builds the model's tokenizer (default: from GGUF `metadata`)."""
     try:
-        tokenizer = Tokenizer.from_gguf_metadata(metadata, source=source)
-    except TokenizerError as error:
+        if tokenizer is None:
+            built = Tokenizer.from_gguf_metadata(metadata, source=source)
+        else:
+            built = tokenizer()
+    except CorralError as error:
         return f"none (no usable tokenizer: {error})"
     try:
-        fmt, reason = resolve_chat_format(chat_template, metadata, tokenizer)
+        fmt, reason = resolve_chat_format(chat_template, metadata, built)
     except ChatError as error:
         if chat_template is not None:
             raise
@@ -48,24 +57,49 @@ def chat_format_row(metadata: dict[str, Any], source: str, chat_template: str | 
     return f"{fmt.name} ({reason})"
 
 
+def describe_files(path: Path, files: list[Path], unit: str = "parts") -> str:
+    """The path and size; for several files (a split GGUF's parts, an HF folder's shards),
+    their number and total size."""
+    size = human_bytes(sum(part.stat().st_size for part in files))
+    return f"{path} ({size})" if len(files) == 1 else f"{path} ({len(files)} {unit}, {size})"
+
+
 def describe_file(path: Path) -> str:
-    """The path and size; for a file split in parts, the number of parts and their total."""
-    parts = part_paths(path)
-    size = human_bytes(sum(part.stat().st_size for part in parts))
-    return f"{path} ({size})" if len(parts) == 1 else f"{path} ({len(parts)} parts, {size})"
+    """The path and size of a GGUF file; for a file split in parts, their number and total."""
+    return describe_files(path, part_paths(path))
+
+
+def quantization_row(checkpoint: Checkpoint) -> list[tuple[str, str]]:
+    """A row describing a GPTQ checkpoint's quantization (none for other kinds)."""
+    gptq = getattr(checkpoint, "gptq", None)
+    if gptq is None:
+        return []
+    group = "per row" if gptq.group_size == -1 else f"group size {gptq.group_size}"
+    order = ", act-order" if gptq.desc_act else ""
+    sym = "symmetric" if gptq.sym else "asymmetric"
+    return [
+        (
+            "quantization",
+            f"GPTQ {gptq.bits}-bit, {group}{order}, {sym} ({gptq.checkpoint_format} format)",
+        )
+    ]
 
 
 def describe(
     path: Path, n_ctx: int | None, device: torch.device, chat_template: str | None = None
 ) -> list[tuple[str, str]]:
-    """(label, value) rows describing the model file at `path`, with the memory needed to
-    run it on `device` at `n_ctx` tokens (default: its trained context length) and the chat
-    format it is used with (`chat_template`: as --chat-template)."""
-    with GGUFFile(path) as gguf:
-        config = read_config(gguf)
-        meta = gguf.metadata
-        types = Counter(info.ggml_type.name for info in gguf.tensors.values())
-    chat_format = chat_format_row(meta, str(path), chat_template)
+    """(label, value) rows describing the model at `path` (GGUF file, HF or GPTQ folder), with
+    the memory needed to run it on `device` at `n_ctx` tokens (default: its trained context
+    length) and the chat format it is used with (`chat_template`: as --chat-template)."""
+    with open_checkpoint(path) as checkpoint:
+        config = checkpoint.config
+        meta = dict(checkpoint.metadata)
+        types = checkpoint.tensor_types()
+        unit = "parts" if checkpoint.kind == "gguf" else "shards"
+        files = describe_files(path, checkpoint.files(), unit)
+        tokenizer_kind = checkpoint.tokenizer_kind()
+        chat_format = chat_format_row(meta, str(path), chat_template, checkpoint.tokenizer)
+        quantization = quantization_row(checkpoint)
     ctx = n_ctx or config.context_length
     dtype = choose_dtype(config, ctx, device)
     memory = estimate_memory(config, ctx, dtype)
@@ -73,9 +107,9 @@ def describe(
     rope = f"freq base {config.rope_freq_base:g}, {config.rope_dim} dims"
     if config.rope_scale != 1.0:
         rope += f", linear scaling x{config.rope_scale:g}"
-    tokenizer = f"{meta.get('tokenizer.ggml.model', '?')} ({meta.get('tokenizer.ggml.pre', '-')})"
     return [
-        ("file", describe_file(path)),
+        ("file", files),
+        ("format", checkpoint.kind),
         ("name", str(meta.get("general.name", "-"))),
         ("architecture", str(meta["general.architecture"])),
         ("parameters", human_count(config.n_params())),
@@ -87,8 +121,9 @@ def describe(
             f"{config.n_head} heads, {config.n_head_kv} KV heads{gqa}, head dim {config.head_dim}",
         ),
         ("rope", rope),
-        ("vocabulary", f"{config.n_vocab} tokens, {tokenizer}"),
+        ("vocabulary", f"{config.n_vocab} tokens, {tokenizer_kind}"),
         ("chat format", chat_format),
+        *quantization,
         ("tensor types", ", ".join(f"{name} x{count}" for name, count in types.most_common())),
         (
             f"memory at -c {ctx}",

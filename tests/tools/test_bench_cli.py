@@ -59,12 +59,10 @@ def test_markdown_table(bench_model, capsys):
         assert float(mean) > 0 and float(spread) == 0.0  # one repetition: no spread
 
 
-def test_gpu_layers_unsupported_is_said(bench_model, capsys):
+def test_gpu_layers_need_a_gpu(bench_model, capsys):
     argv = ["bench", "-m", str(bench_model), "-p", "0", "-n", "2", "-r", "1", "-ngl", "99"]
-    assert main([*argv, "--device", "cpu", "-o", "json"]) == 0
-    captured = capsys.readouterr()
-    assert "-ngl 99 ignored" in captured.err
-    assert [r["test"] for r in json.loads(captured.out)] == ["tg2"]
+    assert main([*argv, "--device", "cpu", "-o", "json"]) == 1
+    assert "--gpu-layers needs a CUDA device" in capsys.readouterr().err
 
 
 def test_bad_options(bench_model, capsys):

@@ -1,0 +1,1 @@
+"""Format-neutral weights: quantized tensors (QTensor) and the tensor name tables of each format."""
