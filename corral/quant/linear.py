@@ -26,8 +26,8 @@ class PackedLinear(nn.Module):
         cls, raw: torch.Tensor, qtype: str, shape: tuple[int, int], device: torch.device
     ) -> "PackedLinear":
         """From a GGUF tensor's raw bytes (uint8, out_features rows of blocks) of `qtype`."""
-        rows = raw.view(shape[0], -1)  # (N, bytes per row)
-        return cls(pack(rows, qtype, shape[1]).to(device))
+        rows = raw.to(device).view(shape[0], -1)  # (N, bytes per row); repacked on `device`
+        return cls(pack(rows, qtype, shape[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in_features) -> (..., out_features), in x's dtype."""

@@ -1,0 +1,106 @@
+"""The CUDA path (GGUF matrices kept packed for the fused Triton kernels, CUDA graphs for
+decode, partial offload) against llama.cpp's golden outputs and the CPU path. Needs a GPU:
+CI has none, so these run where one is present (the device machine; see
+docs/performance.md)."""
+
+import numpy as np
+import pytest
+import torch
+
+import corral
+from corral.engine.requests import EngineRequest, TokenEvent
+from corral.engine.scheduler import Engine
+from corral.quant.linear import PackedLinear
+from corral.sampling import SamplingParams
+from tests.model.test_llama_cpp_golden import (
+    SMOLLM2_NEAR_TIE,
+    TINY_LLAMA_CPP_TOLERANCE,
+    TINY_TYPES,
+    golden,
+    margins,
+    smollm2_path,
+    tiny_path,
+)
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+BF16_TOLERANCE = 0.5  # a CPU/GPU split model computes in bfloat16
+
+
+def greedy(llm, prompt, n):
+    return list(llm.generate_tokens(prompt, n, temperature=0.0, stop_ids=()))
+
+
+@pytest.mark.parametrize("kind", TINY_TYPES)
+def test_tiny_models_on_gpu_match_llama_cpp(kind):
+    path = tiny_path(kind)
+    gold = golden(f"tiny-llama-{kind}.npz", path)
+    llm = corral.load(path, device="cuda", n_ctx=256)
+    packed = [m for m in llm.model.modules() if isinstance(m, PackedLinear)]
+    assert packed or kind.endswith("F16")  # quantized matrices stay quantized on the GPU
+    ids = torch.tensor(gold["input_ids"][None], dtype=torch.long, device="cuda")
+    logits = llm.model(ids, 0)[0].cpu().numpy()
+    assert np.abs(logits - gold["logits"]).max() < TINY_LLAMA_CPP_TOLERANCE
+    assert (logits.argmax(-1) == gold["logits"].argmax(-1)).all()
+    for i in range(3):  # decode through the CUDA graphs
+        expected = gold[f"greedy_{i}"].tolist()
+        assert greedy(llm, gold[f"prompt_{i}"].tolist(), len(expected)) == expected
+
+
+def test_partial_offload_matches_llama_cpp():
+    path = tiny_path("Q4_K_M")
+    gold = golden("tiny-llama-Q4_K_M.npz", path)
+    llm = corral.load(path, device="cuda", n_ctx=256, gpu_layers=1)
+    assert [layer.device.type for layer in llm.model.layers] == ["cpu", "cuda"]
+    assert llm.model.tok_embeddings.weight.device.type == "cpu"
+    ids = torch.tensor(gold["input_ids"][None], dtype=torch.long)
+    logits = llm.model(ids, 0)[0].cpu().numpy()
+    assert np.abs(logits - gold["logits"]).max() < BF16_TOLERANCE
+    assert (logits.argmax(-1) == gold["logits"].argmax(-1)).all()
+    expected = gold["greedy_0"].tolist()
+    assert greedy(llm, gold["prompt_0"].tolist(), len(expected)) == expected
+
+
+def test_engine_batches_on_gpu_match_llama_cpp():
+    path = tiny_path("Q4_0")
+    gold = golden("tiny-llama-Q4_0.npz", path)
+    llm = corral.load(path, device="cuda", n_ctx=4 * 128)
+    engine = Engine(llm.model, n_slots=4)
+    engine.start()
+    try:
+        handles = []
+        for i in range(3):  # three sequences decoding together, each at its own position
+            params = SamplingParams(temperature=0.0, max_tokens=len(gold[f"greedy_{i}"]))
+            prompt = tuple(gold[f"prompt_{i}"].tolist())
+            handles.append(engine.submit(EngineRequest(prompt, params)))
+        for i, handle in enumerate(handles):
+            tokens = [e.token_id for e in handle if isinstance(e, TokenEvent)]
+            assert tokens == gold[f"greedy_{i}"].tolist()
+    finally:
+        engine.shutdown(timeout=5)
+
+
+def test_embedded_model_on_gpu_follows_llama_cpp_and_the_cpu_path():
+    path = smollm2_path()
+    gold = golden("smollm2-q4_1.npz", path)
+    gpu = corral.load(path, device="cuda", n_ctx=512)
+    cpu = corral.load(path, device="cpu", n_ctx=512)
+    confident_agree = []
+    for name in gold["prompt_names"]:
+        prompt = gold[f"{name}_ids"].tolist()
+        ids = torch.tensor([prompt], device="cuda")
+        logits = gpu.model(ids, 0)[0].cpu().numpy()
+        confident = margins(gold[f"{name}_top_logits"]) > SMOLLM2_NEAR_TIE
+        confident_agree.extend((logits.argmax(-1) == gold[f"{name}_argmax"])[confident])
+        expected = gold[f"{name}_greedy"].tolist()
+        tie = np.flatnonzero(margins(gold[f"{name}_greedy_top_logits"]) < SMOLLM2_NEAR_TIE)
+        horizon = int(tie[0]) if len(tie) else len(expected)
+        ours = greedy(gpu, prompt, len(expected))
+        assert ours[:horizon] == expected[:horizon], name
+        reference = greedy(cpu, prompt, len(expected))
+        # equal to the CPU path until the CPU path's own first near-tie
+        full = cpu.model(torch.tensor([prompt + reference[:-1]]), 0)[0, len(prompt) - 1 :]
+        top2 = full.topk(2, dim=-1).values
+        near = torch.nonzero(top2[:, 0] - top2[:, 1] < SMOLLM2_NEAR_TIE).flatten()
+        until = int(near[0]) if len(near) else len(reference)
+        assert ours[:until] == reference[:until], name
+    assert all(confident_agree) and len(confident_agree) > 100
