@@ -1,4 +1,4 @@
-"""The `corral` command line: `corral run`, `corral chat`, `corral info`."""
+"""The `corral` command line: run, chat, info, serve, bench, quantize-gptq."""
 
 import argparse
 import re
@@ -10,14 +10,28 @@ import torch
 
 from corral.chat.presets import SYSTEM_PRESETS
 from corral.errors import CorralError
+from corral.interfaces.server.serve import add_parser as add_serve_parser
+from corral.interfaces.server.serve import run as cmd_serve
 from corral.sampling.errors import SamplingParamsError
+from corral.tools.bench import add_parser as add_bench_parser
+from corral.tools.bench import run as cmd_bench
+from corral.tools.quantize_gptq import add_parser as add_quantize_gptq_parser
+from corral.tools.quantize_gptq import run as cmd_quantize_gptq
+
+MODEL_HELP = "GGUF file, or HF / GPTQ model folder"
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """Options shared by the commands that load a model."""
-    parser.add_argument("-m", "--model", type=Path, help="GGUF file (default: embedded model)")
+    parser.add_argument("-m", "--model", type=Path, help=f"{MODEL_HELP} (default: embedded model)")
     parser.add_argument("-c", "--ctx-size", type=int, help="context window in tokens")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument(
+        "-ngl",
+        "--gpu-layers",
+        type=int,
+        help="layers to put on the GPU, the last ones (default: as many as fit)",
+    )
 
 
 def add_chat_template_arg(parser: argparse.ArgumentParser, note: str = "") -> None:
@@ -165,11 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_sampling_args(chat)
 
-    info = commands.add_parser("info", help="describe a GGUF file")
-    info.add_argument("model", type=Path, nargs="?", help="GGUF file (default: embedded model)")
+    info = commands.add_parser("info", help="describe a model file or folder")
+    info.add_argument("model", type=Path, nargs="?", help=f"{MODEL_HELP} (default: embedded)")
     info.add_argument("-c", "--ctx-size", type=int, help="context for the memory estimate")
     info.add_argument("--device", default="cpu", help="device the estimate is for")
     add_chat_template_arg(info, "; shows which format that chooses")
+    add_bench_parser(commands)
+    add_quantize_gptq_parser(commands)
+
+    add_serve_parser(commands)
     return parser
 
 
@@ -178,7 +196,11 @@ def load_llm(args: argparse.Namespace):
     from corral.interfaces.api import LLM
 
     return LLM(
-        args.model, n_ctx=args.ctx_size, device=args.device, chat_template=args.chat_template
+        args.model,
+        n_ctx=args.ctx_size,
+        device=args.device,
+        chat_template=args.chat_template,
+        gpu_layers=args.gpu_layers,
     )
 
 
@@ -221,7 +243,14 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"{label + ':':<{width + 1}} {value}")
 
 
-COMMANDS = {"run": cmd_run, "chat": cmd_chat, "info": cmd_info}
+COMMANDS = {
+    "run": cmd_run,
+    "chat": cmd_chat,
+    "info": cmd_info,
+    "serve": cmd_serve,
+    "bench": cmd_bench,
+    "quantize-gptq": cmd_quantize_gptq,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

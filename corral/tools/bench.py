@@ -54,7 +54,7 @@ def positive_int(text: str) -> int:
 def add_parser(commands: Any) -> None:
     """Register `corral bench` on the CLI's subcommand parsers."""
     bench = commands.add_parser("bench", help="measure prompt and generation speed")
-    bench.add_argument("-m", "--model", type=Path, help="GGUF file (default: embedded model)")
+    bench.add_argument("-m", "--model", type=Path, help="model file or folder (default: embedded)")
     add = bench.add_argument
     add("-p", "--n-prompt", type=count_list, default=[512], help="prompt tokens (512; 0: skip)")
     add("-n", "--n-gen", type=count_list, default=[128], help="generated tokens (128; 0: skip)")

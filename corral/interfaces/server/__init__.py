@@ -1,0 +1,1 @@
+"""`corral serve`: OpenAI-compatible HTTP server (see app.py for the routes)."""

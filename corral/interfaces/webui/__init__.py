@@ -1,0 +1,1 @@
+"""The web chat page of `corral serve`: static files (no build step, no CDN)."""
