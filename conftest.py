@@ -1,1 +1,13 @@
-"""Puts the repository root on sys.path so tests can import `tests.fixtures` helpers."""
+"""Puts the repository root on sys.path so tests can import `tests.fixtures` helpers.
+
+Without a GPU, Triton kernels run in Triton's interpreter: TRITON_INTERPRET must be set
+before triton is first imported, and transformers imports it, so it is set here, before any
+test module loads (see tests/kernels/conftest.py).
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
