@@ -13,7 +13,6 @@ import functools
 import importlib.util
 import os
 import pathlib
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -22,7 +21,7 @@ from typing import Any
 
 import torch
 
-from tests.reference_data import cache_dir
+from tests.reference_data import cache_dir, download_sdist
 
 AUTO_GPTQ_VERSION = "0.7.1"
 _SDIST_NAME = f"auto_gptq-{AUTO_GPTQ_VERSION}.tar.gz"
@@ -32,44 +31,20 @@ _FILES = (
     "quantization/gptq.py",
     "quantization/quantizer.py",
 )
-_DOWNLOAD_TIMEOUT_S = 600
 
 
 def _sdist() -> pathlib.Path:
-    """The cached auto-gptq sdist, downloaded with pip when missing.
+    """The cached auto-gptq sdist.
 
     Its setup.py imports torch to decide about CUDA extensions, hence BUILD_CUDA_EXT=0 and
     --no-build-isolation (only the metadata step runs; nothing is built or installed).
     """
-    target = cache_dir() / _SDIST_NAME
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                "--no-build-isolation",
-                f"auto-gptq=={AUTO_GPTQ_VERSION}",
-                "-d",
-                tmp,
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            env={**os.environ, "BUILD_CUDA_EXT": "0"},
-            timeout=_DOWNLOAD_TIMEOUT_S,
-        )
-        downloaded = pathlib.Path(tmp) / _SDIST_NAME
-        if not downloaded.is_file():
-            raise FileNotFoundError(f"pip download did not produce {_SDIST_NAME}")
-        os.replace(downloaded, target)
-    return target
+    return download_sdist(
+        f"auto-gptq=={AUTO_GPTQ_VERSION}",
+        _SDIST_NAME,
+        pip_args=("--no-build-isolation",),
+        env={"BUILD_CUDA_EXT": "0"},
+    )
 
 
 @functools.cache

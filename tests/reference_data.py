@@ -45,35 +45,34 @@ def _checked_relpath(relpath: str) -> str:
     return norm
 
 
-def _sdist_tarball() -> pathlib.Path:
-    """Path of the cached llama-cpp-python sdist, downloading it with pip when missing."""
-    target = cache_dir() / _SDIST_NAME
+def download_sdist(
+    requirement: str, filename: str, *, pip_args: tuple[str, ...] = (), env: dict | None = None
+) -> pathlib.Path:
+    """The cached source archive `filename` of `requirement` ("name==version"), downloaded
+    with pip (no dependencies, no wheels) when missing."""
+    target = cache_dir() / filename
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
-                "-d",
-                tmp,
-            ],
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+            + [*pip_args, requirement, "-d", tmp],
             check=True,
             stdout=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
             timeout=_DOWNLOAD_TIMEOUT_S,
         )
-        downloaded = pathlib.Path(tmp) / _SDIST_NAME
+        downloaded = pathlib.Path(tmp) / filename
         if not downloaded.is_file():
-            raise FileNotFoundError(f"pip download did not produce {_SDIST_NAME}")
+            raise FileNotFoundError(f"pip download did not produce {filename}")
         os.replace(downloaded, target)
     return target
+
+
+def _sdist_tarball() -> pathlib.Path:
+    """Path of the cached llama-cpp-python sdist."""
+    return download_sdist(f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", _SDIST_NAME)
 
 
 def _extract_member(tarball: pathlib.Path, member_name: str, dest: pathlib.Path) -> None:
