@@ -8,11 +8,12 @@ token at a time.
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from corral.formats.gguf import GGUFFile
 from corral.loader import load_gguf_model
 from tests.fixtures.tiny_gguf import write_llama_gguf
+from tests.fixtures.tiny_hf import tiny_llama
 
 TOLERANCE = 1e-4
 VARIANTS = {
@@ -28,23 +29,6 @@ VARIANTS = {
 }
 
 
-def tiny_hf_model(seed: int, **overrides) -> LlamaForCausalLM:
-    """A random float32 Llama with weights large enough for non-trivial logits."""
-    torch.manual_seed(seed)
-    settings = dict(
-        vocab_size=320,
-        hidden_size=64,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-5,
-        initializer_range=0.15,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-    )
-    settings.update(overrides)
-    return LlamaForCausalLM(LlamaConfig(**settings)).eval()
-
-
 def load_corral(tmp_path, hf: LlamaForCausalLM):
     path = tmp_path / "model.gguf"
     write_llama_gguf(path, hf.config, hf.state_dict())
@@ -54,7 +38,7 @@ def load_corral(tmp_path, hf: LlamaForCausalLM):
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_full_sequence_logits_match_transformers(tmp_path, variant):
-    hf = tiny_hf_model(seed=1, **VARIANTS[variant])
+    hf = tiny_llama(seed=1, **VARIANTS[variant])
     model = load_corral(tmp_path, hf)
     ids = torch.randint(
         3, hf.config.vocab_size, (1, 48), generator=torch.Generator().manual_seed(2)
@@ -68,7 +52,7 @@ def test_full_sequence_logits_match_transformers(tmp_path, variant):
 
 @pytest.mark.parametrize("variant", ["gqa-4:1", "rope-linear-x2"])
 def test_cached_decode_matches_transformers(tmp_path, variant):
-    hf = tiny_hf_model(seed=3, **VARIANTS[variant])
+    hf = tiny_llama(seed=3, **VARIANTS[variant])
     model = load_corral(tmp_path, hf)
     ids = torch.randint(
         3, hf.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(4)
@@ -85,7 +69,7 @@ def test_cached_decode_matches_transformers(tmp_path, variant):
 
 def test_position_far_into_context_matches(tmp_path):
     """RoPE at large positions (linear scaling halves them) stays equal to transformers."""
-    hf = tiny_hf_model(seed=5, **VARIANTS["rope-linear-x2"])
+    hf = tiny_llama(seed=5, **VARIANTS["rope-linear-x2"])
     model = load_corral(tmp_path, hf)
     ids = torch.randint(
         3, hf.config.vocab_size, (1, 120), generator=torch.Generator().manual_seed(6)
@@ -98,7 +82,7 @@ def test_position_far_into_context_matches(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_path_stays_close_to_transformers(tmp_path, dtype):
     """The 16-bit path (CUDA's default, CPU's when float32 does not fit) on the same weights."""
-    hf = tiny_hf_model(seed=7, **VARIANTS["gqa-4:1"])
+    hf = tiny_llama(seed=7, **VARIANTS["gqa-4:1"])
     path = tmp_path / "model.gguf"
     write_llama_gguf(path, hf.config, hf.state_dict())
     with GGUFFile(path) as gguf:
