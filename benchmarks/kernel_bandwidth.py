@@ -7,16 +7,19 @@ Llama-3-8B / Mistral-7B FFN shapes), with random valid blocks:
   (what llama.cpp reads); torch fp16 `x @ W.T` on the dequantized weight beside it.
   Timed as a CUDA graph of calls that cycle through enough copies of the weight to
   exceed L2, so every call reads from DRAM, without Python launch overhead (as in decode).
-- matmul, M = --m rows (default 512): TFLOP/s of the fused tensor-core kernel and of torch
-  fp16 matmul on the dequantized weight (triton.testing.do_bench).
---sweep TYPES times matvec tile configurations; --batches times the matvec/matmul
-crossover for Q4_K. Kernels are compiled by --jobs processes in parallel first.
+- M = --m rows (default 512): TFLOP/s of the fused tensor-core kernel, of the dense path
+  (one-pass dequantize + torch matmul, what `quantized_linear` runs for large M), of
+  torch fp16 matmul on a ready dense weight, and the dequantize pass alone (us, TB/s of
+  packed bytes read + fp16 written) (triton.testing.do_bench).
+--sweep TYPES times matvec tile configurations, --dequant-sweep TYPES those of the
+dequantize pass; --batches times matvec, fused matmul
+and the dense path for Q4_K at each M (the dispatcher's thresholds). Kernels are
+compiled by --jobs processes in parallel first.
 
     PYTHONPATH=. python3 benchmarks/kernel_bandwidth.py [--types Q4_0,Q4_K] [--sweep Q4_K]
 """
 
 import argparse
-import itertools
 import math
 import multiprocessing
 import time
@@ -25,7 +28,9 @@ import torch
 
 from corral.kernels.packing import BLOCKS, pack
 from corral.kernels.reference import dequantize_packed, linear_reference
-from corral.kernels.triton.matmul import MatmulConfig, matmul
+from corral.kernels.triton.dequant import dequantize
+from corral.kernels.triton.linear import dense_linear
+from corral.kernels.triton.matmul import matmul
 from corral.kernels.triton.matvec import MatvecConfig, default_config, matvec
 
 TYPES = ("Q4_0", "Q8_0", "Q4_K", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q5_K", "Q6_K")
@@ -34,16 +39,21 @@ F16_FIELDS = {
     "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
     "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
 }  # fmt: skip
-SWEEP = [
-    MatvecConfig(block_n=bn, groups=g, num_warps=w, split_waves=s)
-    for bn, g, w, s in itertools.product((32, 64, 128), (8, 16), (4, 8), (0.0, 4.0))
+SWEEP = [  # block_n, groups, num_warps
+    MatvecConfig(4, 64, 2),
+    MatvecConfig(8, 64, 2),
+    MatvecConfig(2, 64, 2),
+    MatvecConfig(4, 32, 1),
+    MatvecConfig(2, 32, 1),
 ]
-MATMUL_SWEEP = [  # block_m, block_n, group_m, num_warps, num_stages
-    MatmulConfig(64, 64, 8, 4, 3),
-    MatmulConfig(128, 64, 8, 4, 3),
-    MatmulConfig(128, 64, 8, 8, 3),
-    MatmulConfig(64, 128, 8, 4, 3),
-    MatmulConfig(128, 128, 8, 8, 3),
+DEQUANT_SWEEP = [  # block_n, k_step, num_warps
+    (32, 256, 4),
+    (64, 256, 4),
+    (16, 512, 4),
+    (32, 512, 8),
+    (64, 256, 8),
+    (128, 128, 4),
+    (32, 128, 4),
 ]
 L2_BYTES = 50 * 2**20
 
@@ -106,17 +116,22 @@ def bench_type(qtype: str, n: int, k: int, m_big: int) -> dict:
     xb = torch.randn(m_big, k, device="cuda", dtype=torch.float16)
     ref_big = linear_reference(xb.float(), pw)
     err_mm = ((matmul(xb, pw).float() - ref_big).abs().max() / ref_big.abs().max()).item()
+    err_dense = ((dense_linear(xb, pw).float() - ref_big).abs().max() / ref_big.abs().max()).item()
     flop = 2 * m_big * n * k
     from triton.testing import do_bench
 
     t_mm = do_bench(lambda: matmul(xb, pw)) / 1e3
+    t_dense = do_bench(lambda: dense_linear(xb, pw)) / 1e3
+    t_dq = do_bench(lambda: dequantize(pw, torch.float16)) / 1e3
     t_mm16 = do_bench(lambda: torch.nn.functional.linear(xb, w16)) / 1e3
     return {
         "type": qtype, "shape": f"{n}x{k}",
         "packed_MB": pw.nbytes() / 1e6, "gguf_MB": gguf_bytes / 1e6,
         "us": t * 1e6, "TBps_packed": pw.nbytes() / t / 1e12, "TBps_gguf": gguf_bytes / t / 1e12,
         "fp16_us": t16 * 1e6, "fp16_TBps": w16.nbytes / t16 / 1e12, "err": err,
-        "mm_TFLOPs": flop / t_mm / 1e12, "fp16_mm_TFLOPs": flop / t_mm16 / 1e12, "mm_err": err_mm,
+        "mm_TFLOPs": flop / t_mm / 1e12, "dense_TFLOPs": flop / t_dense / 1e12,
+        "fp16_mm_TFLOPs": flop / t_mm16 / 1e12, "mm_err": max(err_mm, err_dense),
+        "dq_us": t_dq * 1e6, "dq_TBps": (pw.nbytes() + w16.nbytes) / t_dq / 1e12,
     }  # fmt: skip
 
 
@@ -133,31 +148,39 @@ def sweep(qtype: str, n: int, k: int) -> None:
             continue
         rows.append((pws[0].nbytes() / t / 1e12, cfg))
     rows.sort(key=lambda r: -r[0])
-    print(f"sweep {qtype} {n}x{k} default {default_config(qtype, 1)}")
-    for tbps, cfg in rows[:6] + rows[-2:]:
+    print(f"sweep {qtype} {n}x{k} default {default_config(qtype, 1, k)}")
+    for tbps, cfg in rows:
         print(f"  {tbps:5.2f} TB/s  {cfg}")
-    xb = torch.randn(512, k, device="cuda", dtype=torch.float16)
+
+
+def dequant_sweep(qtype: str, n: int, k: int) -> None:
+    raw = random_gguf(qtype, n, k, "cuda")
+    pw = pack(raw, qtype, k)
+    moved = pw.nbytes() + 2 * n * k  # packed bytes read, fp16 written
     from triton.testing import do_bench
 
-    for cfg in MATMUL_SWEEP:
+    print(f"dequant sweep {qtype} {n}x{k}")
+    for cfg in DEQUANT_SWEEP:
+        tiles = f"{cfg[0]} x {cfg[1]}, {cfg[2]} warps"
         try:
-            t = do_bench(lambda cfg=cfg: matmul(xb, pws[0], cfg)) / 1e3
-        except Exception as err:  # e.g. out of shared memory: report and go on
-            print(f"  matmul {cfg} failed: {err!r}")
+            t = do_bench(lambda cfg=cfg: dequantize(pw, torch.float16, *cfg)) / 1e3
+        except Exception as err:  # report and go on
+            print(f"  {tiles} failed: {err!r}")
             continue
-        print(f"  matmul M=512 {2 * 512 * n * k / t / 1e12:6.1f} TFLOP/s  {cfg}")
+        print(f"  {t * 1e6:6.1f} us {moved / t / 1e12:5.2f} TB/s  {tiles}")
 
 
 def crossover(qtype: str, n: int, k: int, batches: list[int]) -> None:
     raw = random_gguf(qtype, n, k, "cuda")
     pws = rotating(lambda: pack(raw, qtype, k), raw.numel())
+    reps = max(1, 40 // len(pws))
     for m in batches:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-        t_mv = matvec_seconds(pws, x, None) if m <= 16 else math.nan
-        calls = [lambda pw=pw, x=x: matmul(x, pw) for pw in pws]
-        t_mm = graph_time(calls * max(1, 40 // len(pws)))
-        times = f"matvec {t_mv * 1e6:7.1f} us  matmul {t_mm * 1e6:7.1f} us"
-        print(f"crossover {qtype} {n}x{k} M={m:3d}: {times}")
+        t_mv = matvec_seconds(pws, x, None) if m <= 8 else math.nan
+        t_mm = graph_time([lambda pw=pw, x=x: matmul(x, pw) for pw in pws] * reps)
+        t_dn = graph_time([lambda pw=pw, x=x: dense_linear(x, pw) for pw in pws] * reps)
+        times = f"matvec {t_mv * 1e6:7.1f}  matmul {t_mm * 1e6:7.1f}  dense {t_dn * 1e6:7.1f} us"
+        print(f"crossover {qtype} {n}x{k} M={m:3d}: {times}", flush=True)
 
 
 def _safe_compile(job: tuple) -> str:
@@ -174,7 +197,14 @@ def _compile_worker(job: tuple) -> str:
     raw = random_gguf(qtype, n, k, "cuda")
     pw = pack(raw, qtype, k)
     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-    (matvec if kind == "mv" else matmul)(x, pw, cfg)
+    if kind == "mv":
+        matvec(x, pw, cfg)
+    elif kind == "mm":
+        matmul(x, pw, cfg)
+    elif kind == "dq":
+        dequantize(pw, torch.float16, *cfg)
+    else:
+        dense_linear(x, pw)
     torch.cuda.synchronize()
     return qtype
 
@@ -195,6 +225,7 @@ def main() -> None:
     ap.add_argument("--shapes", default="14336x4096,4096x14336")
     ap.add_argument("--m", type=int, default=512, help="rows of the matmul benchmark")
     ap.add_argument("--sweep", default="", help="types whose matvec tiles to sweep")
+    ap.add_argument("--dequant-sweep", default="", help="types whose dequantize tiles to sweep")
     ap.add_argument("--batches", default="", help="e.g. 1,2,4,8,16: matvec/matmul crossover")
     ap.add_argument("--jobs", type=int, default=12, help="compile processes (0: none)")
     ap.add_argument("--compile-only", action="store_true", help="fill the kernel cache, exit")
@@ -202,13 +233,15 @@ def main() -> None:
     types = [t for t in args.types.split(",") if t]
     shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
     swept = [t for t in args.sweep.split(",") if t]
+    dq_swept = [t for t in args.dequant_sweep.split(",") if t]
     batches = [int(b) for b in args.batches.split(",") if b]
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
     jobs = [("mv", t, n, k, 1, None) for t in types for n, k in shapes]
     jobs += [("mm", t, n, k, args.m, None) for t in types for n, k in shapes[:1]]
+    jobs += [("dense", t, n, k, args.m, None) for t in types for n, k in shapes[:1]]
     jobs += [("mv", t, n, k, 1, c) for t in swept for n, k in shapes for c in SWEEP]
-    jobs += [("mm", t, n, k, 512, c) for t in swept for n, k in shapes[:1] for c in MATMUL_SWEEP]
-    jobs += [("mv", "Q4_K", *shapes[0], m, None) for m in batches if m <= 16]
+    jobs += [("dq", t, *shapes[0], 1, c) for t in dq_swept for c in DEQUANT_SWEEP]
+    jobs += [("mv", "Q4_K", n, k, m, None) for m in batches if m <= 8 for n, k in shapes[:2]]
     jobs += [("mm", "Q4_K", *shapes[0], m, None) for m in batches]
     if args.jobs > 0:
         precompile(jobs, args.jobs)
@@ -216,9 +249,10 @@ def main() -> None:
         return
     print(
         "| type | N x K | packed MB | GGUF MB | matvec us | TB/s packed | TB/s GGUF | "
-        "fp16 us | fp16 TB/s | max rel err | matmul TFLOP/s | fp16 TFLOP/s | mm rel err |"
+        "fp16 us | fp16 TB/s | max rel err | fused mm TFLOP/s | dense TFLOP/s | "
+        "fp16 TFLOP/s | mm rel err | dequant us | dequant TB/s |"
     )
-    print("|" + "---|" * 13)
+    print("|" + "---|" * 16)
     for t in types:
         for n, k in shapes:
             try:
@@ -230,14 +264,20 @@ def main() -> None:
                 f"{r['type']} | {r['shape']} | {r['packed_MB']:.1f} | {r['gguf_MB']:.1f}",
                 f"{r['us']:.1f} | {r['TBps_packed']:.2f} | {r['TBps_gguf']:.2f}",
                 f"{r['fp16_us']:.1f} | {r['fp16_TBps']:.2f} | {r['err']:.1e}",
-                f"{r['mm_TFLOPs']:.0f} | {r['fp16_mm_TFLOPs']:.0f} | {r['mm_err']:.1e}",
+                f"{r['mm_TFLOPs']:.0f} | {r['dense_TFLOPs']:.0f} | {r['fp16_mm_TFLOPs']:.0f}",
+                f"{r['mm_err']:.1e} | {r['dq_us']:.1f} | {r['dq_TBps']:.2f}",
             )
             print("| " + " | ".join(cells) + " |", flush=True)
     for t in swept:
         for n, k in shapes:
             sweep(t, n, k)
-    if batches:
-        crossover("Q4_K", *shapes[0], batches)
+    for t in dq_swept:
+        dequant_sweep(t, *shapes[0])
+    for n, k in shapes[:2] if batches else []:
+        try:
+            crossover("Q4_K", n, k, batches)
+        except Exception as err:  # report and go on
+            print(f"crossover {n}x{k} failed: {err!r}")
 
 
 if __name__ == "__main__":

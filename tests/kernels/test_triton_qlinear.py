@@ -2,8 +2,9 @@
 of the same GGUF bytes, multiplied in float32 by torch.
 
 Shapes are irregular on purpose: 37 output rows (not a multiple of any row tile), K of
-2 or 3 super-blocks (the last K-step of a tile half empty for some types), batch 1, 3
-and 17, and a 3-slice split-K. On CPU the kernels run in Triton's interpreter (see
+2 or 3 super-blocks (the last K-step of a tile half empty for some types), batch 1 to 4
+and 17, a 3-slice split-K, and K-ranges that are whole numbers of steps (the matvec's
+unmasked path, one step or several). On CPU the kernels run in Triton's interpreter (see
 conftest.py), so shapes stay small.
 """
 
@@ -46,6 +47,22 @@ def test_matvec_batch_3_split_k(qtype: str, device: str) -> None:
     x = activations(3, 768, torch.float32, device)
     y = matvec(x, pw, MatvecConfig(block_n=16, groups=4, splits=3))
     assert_close_to(y, reference(x, w), torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("qtype", "k", "batch", "config"),
+    [
+        ("Q4_0", 1024, 1, None),  # one whole step
+        ("Q4_K", 2048, 2, MatvecConfig(block_n=4, groups=16, num_warps=1)),  # 4 whole steps
+        ("Q6_K", 1024, 4, None),
+        ("Q2_K", 2048, 1, MatvecConfig(block_n=8, groups=8, num_warps=1)),
+        ("Q8_0", 1024, 3, MatvecConfig(block_n=2, groups=16, num_warps=1, splits=2)),
+    ],
+)
+def test_matvec_whole_steps(qtype: str, k: int, batch: int, config, device: str) -> None:
+    pw, w = weight(qtype, k, device, seed=5)
+    x = activations(batch, k, torch.float16, device)
+    assert_close_to(matvec(x, pw, config), reference(x, w), torch.float16)
 
 
 @pytest.mark.parametrize("qtype", QTYPES)

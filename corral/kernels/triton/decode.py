@@ -1,4 +1,5 @@
-"""Decoding packed quants inside Triton kernels, shared by the matvec and matmul kernels.
+"""Decoding packed quants inside Triton kernels, shared by the matvec, matmul and dequant
+kernels.
 
 Each quant type is data, not code: `KernelType` says how many low bits sit in the `qs`
 words, how many high bits in `qh`, how many sub-blocks a group of 4 words spans, and
@@ -17,6 +18,7 @@ which keeps float32 accuracy because f stays in [1, 2).
 
 from dataclasses import dataclass
 
+import torch
 import triton
 import triton.language as tl
 
@@ -143,3 +145,97 @@ def sub_block_ab(sc, d, dm, s: tl.constexpr, KIND: tl.constexpr, OFFSET: tl.cons
         a = d * (sc & 0xFF).to(tl.float32)
         b = -(dm * ((sc >> 8) & 0xFF).to(tl.float32))
     return a, b
+
+
+@triton.jit
+def _field(
+    W, H, sc, d, dm, ONE, j: tl.constexpr,
+    BITS: tl.constexpr, HBITS: tl.constexpr, NSUB: tl.constexpr,
+    KIND: tl.constexpr, OFFSET: tl.constexpr, DTYPE: tl.constexpr,
+):  # fmt: skip
+    """The weights of field j of the words W, (BN, C) in DTYPE: a * q + b."""
+    Q: tl.constexpr = float(1 << (BITS + HBITS))
+    a, b = sub_block_ab(sc, d, dm, j // (32 // BITS // NSUB), KIND, OFFSET)  # (BN, C) each
+    aq = a * Q
+    f = field_as_float(W, H, j, BITS, HBITS, ONE)  # 1 + q / Q
+    return (f * aq + (b - aq)).to(DTYPE)
+
+
+@triton.jit
+def _join_pairs(
+    W, H, sc, d, dm, ONE,
+    j0: tl.constexpr, j1: tl.constexpr, j2: tl.constexpr, j3: tl.constexpr,
+    BITS: tl.constexpr, HBITS: tl.constexpr, NSUB: tl.constexpr,
+    KIND: tl.constexpr, OFFSET: tl.constexpr, DT: tl.constexpr,
+):  # fmt: skip
+    """join(join(field j0, field j1), join(field j2, field j3)): (BN, C, 2, 2)."""
+    return tl.join(
+        tl.join(
+            _field(W, H, sc, d, dm, ONE, j0, BITS, HBITS, NSUB, KIND, OFFSET, DT),
+            _field(W, H, sc, d, dm, ONE, j1, BITS, HBITS, NSUB, KIND, OFFSET, DT),
+        ),
+        tl.join(
+            _field(W, H, sc, d, dm, ONE, j2, BITS, HBITS, NSUB, KIND, OFFSET, DT),
+            _field(W, H, sc, d, dm, ONE, j3, BITS, HBITS, NSUB, KIND, OFFSET, DT),
+        ),
+    )
+
+
+@triton.jit
+def decode_tile(
+    W, H, sc, d, dm, ONE,
+    BITS: tl.constexpr, HBITS: tl.constexpr, NSUB: tl.constexpr,
+    KIND: tl.constexpr, OFFSET: tl.constexpr, DT: tl.constexpr,
+):  # fmt: skip
+    """Words W (BN, C) (high bits H, scales per word column) -> weights (BN, C * J) in DT.
+
+    Column c * J + j is field j of word column c: kernel order, see `permute_columns`.
+    The fields are joined in registers (join appends a trailing dim of 2; the order of
+    the joins makes the trailing dims, read as bits, count j).
+    """
+    J: tl.constexpr = 32 // BITS  # fields per word
+    if J == 4:
+        w = tl.join(
+            tl.join(
+                _field(W, H, sc, d, dm, ONE, 0, BITS, HBITS, NSUB, KIND, OFFSET, DT),
+                _field(W, H, sc, d, dm, ONE, 2, BITS, HBITS, NSUB, KIND, OFFSET, DT),
+            ),
+            tl.join(
+                _field(W, H, sc, d, dm, ONE, 1, BITS, HBITS, NSUB, KIND, OFFSET, DT),
+                _field(W, H, sc, d, dm, ONE, 3, BITS, HBITS, NSUB, KIND, OFFSET, DT),
+            ),
+        )  # (BN, C, 2, 2)
+    elif J == 8:
+        w = tl.join(
+            _join_pairs(W, H, sc, d, dm, ONE, 0, 4, 2, 6, BITS, HBITS, NSUB, KIND, OFFSET, DT),
+            _join_pairs(W, H, sc, d, dm, ONE, 1, 5, 3, 7, BITS, HBITS, NSUB, KIND, OFFSET, DT),
+        )  # (BN, C, 2, 2, 2)
+    else:
+        w = tl.join(
+            tl.join(
+                _join_pairs(W, H, sc, d, dm, ONE, 0, 8, 4, 12, BITS, HBITS, NSUB, KIND, OFFSET, DT),
+                _join_pairs(
+                    W, H, sc, d, dm, ONE, 2, 10, 6, 14, BITS, HBITS, NSUB, KIND, OFFSET, DT
+                ),
+            ),
+            tl.join(
+                _join_pairs(W, H, sc, d, dm, ONE, 1, 9, 5, 13, BITS, HBITS, NSUB, KIND, OFFSET, DT),
+                _join_pairs(
+                    W, H, sc, d, dm, ONE, 3, 11, 7, 15, BITS, HBITS, NSUB, KIND, OFFSET, DT
+                ),
+            ),
+        )  # (BN, C, 2, 2, 2, 2)
+    return tl.reshape(w, [W.shape[0], W.shape[1] * J])  # (BN, C * J)
+
+
+def permute_columns(x: torch.Tensor, qtype: str) -> torch.Tensor:
+    """x (M, K) with each group's columns in kernel order (word, then field), a copy.
+
+    Storage order inside a group is field, then word (weight 4 j + w is field j of
+    word w); `decode_tile` emits word, then field. A product only needs both operands
+    in the same order along K.
+    """
+    m, k = x.shape
+    kt = KERNEL_TYPES[qtype]
+    j = 32 // kt.bits
+    return x.view(m, k // kt.group, j, 4).transpose(2, 3).reshape(m, k)  # (M, K) permuted

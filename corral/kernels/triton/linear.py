@@ -1,15 +1,20 @@
 """`quantized_linear`: y = x @ W.T for a packed weight, choosing a kernel by batch size.
 
-| activation rows M        | dtype          | path                                         |
-|--------------------------|----------------|----------------------------------------------|
-| any (F16/BF16/F32 weight)| any            | torch.nn.functional.linear (cuBLAS)          |
-| M <= MATVEC_MAX_M        | f16, bf16, f32 | fused matvec (CUDA cores, bandwidth-bound)   |
-| M >  MATVEC_MAX_M        | f16, bf16      | fused matmul (tensor cores on decoded tiles) |
-| M >  MATVEC_MAX_M        | f32            | reference: dequantize, then torch matmul     |
+| activation rows M           | dtype          | path                                    |
+|-----------------------------|----------------|-----------------------------------------|
+| any (F16/BF16/F32 weight)   | any            | torch.nn.functional.linear (cuBLAS)     |
+| M <= MATVEC_MAX_M           | f16, bf16, f32 | fused matvec (bandwidth-bound)          |
+| M >  MATVEC_MAX_M           | f16, bf16, f32 | dequantize in one pass, then cuBLAS     |
 
-The matvec does M FMAs per decoded weight on CUDA cores, so its cost grows with M while
-the matmul's barely does; past MATVEC_MAX_M rows the tensor-core kernel wins. On a CPU
-tensor the kernels run only under Triton's interpreter (TRITON_INTERPRET=1, for tests);
+The matvec does M FMAs per decoded weight on CUDA cores, so its cost grows with M. The
+dense path decodes the whole weight once into a transient matrix (`dequant.dequantize`,
+at memory speed: ~2.5 bytes moved per weight) and hands it to cuBLAS; its cost is flat
+in M up to a few hundred rows. Measured on an H100 for a 14336 x 4096 Q4_K weight
+(benchmarks/kernel_bandwidth.py --batches): matvec 19 / 25 / 71 us at M = 1 / 2 / 4 and
+245 us at M = 5..8; dense 133 us for M = 1..128 (with a dequantize pass since cut from
+84 to 67 us). The fused tensor-core matmul (`matmul.py`, no transient buffer) ran
+124 us there but 236 us for 4096 x 14336, so it is not dispatched to. On a CPU tensor
+the kernels run only under Triton's interpreter (TRITON_INTERPRET=1, for tests);
 otherwise CPU calls take the reference path.
 """
 
@@ -19,7 +24,8 @@ import torch
 
 from corral.kernels.packing import DENSE, PackedWeight
 from corral.kernels.reference import linear_reference
-from corral.kernels.triton.matmul import matmul
+from corral.kernels.triton.decode import permute_columns
+from corral.kernels.triton.dequant import dequantize
 from corral.kernels.triton.matvec import matvec
 
 MATVEC_MAX_M = 4
@@ -27,6 +33,12 @@ MATVEC_MAX_M = 4
 
 def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def dense_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
+    """x (M, K) -> (M, N): `pw` decoded to x's dtype in one pass, then torch's matmul."""
+    w = dequantize(pw, x.dtype)  # (N, K), columns in kernel order
+    return torch.nn.functional.linear(permute_columns(x, pw.qtype), w)
 
 
 def quantized_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
@@ -46,10 +58,5 @@ def quantized_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
     if m == 0 or not on_triton:
         return linear_reference(x, pw)
     x2 = x2.contiguous()
-    if m <= MATVEC_MAX_M:
-        y = matvec(x2, pw)
-    elif x.dtype in (torch.float16, torch.bfloat16):
-        y = matmul(x2, pw)
-    else:
-        return linear_reference(x, pw)
+    y = matvec(x2, pw) if m <= MATVEC_MAX_M else dense_linear(x2, pw)
     return y.reshape(*x.shape[:-1], n)  # (..., N)

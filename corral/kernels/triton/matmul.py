@@ -2,10 +2,10 @@
 
 A program owns a (BN weight rows, BM activation rows) tile of y.T. Per step along K it
 loads a (BN, 4 GK words) tile of quants once, decodes every field j of every word to x's
-dtype in registers (`_field`), and joins the fields (tl.join) into a (BN, 256) tile whose
-column c * J + j is field j of word column c. That is not storage order, so the launcher
-permutes x's columns the same way once per call (x.view(M, groups, J, 4).transpose):
-a dot product does not care about the order of K as long as both sides agree. The tile
+dtype in registers (`decode.decode_tile`) into a (BN, 256) tile whose column c * J + j is
+field j of word column c. That is not storage order, so the launcher permutes x's
+columns the same way once per call (`decode.permute_columns`): a dot product does not
+care about the order of K as long as both sides agree. The tile
 is operand A of one tl.dot (wgmma on H100) with the (BM, 256) activations as operand B;
 it lives only in registers and shared memory, no dequantized copy of the weight is made.
 
@@ -18,8 +18,11 @@ Block sizes (the launcher's `MatmulConfig`, K_STEP):
   from DRAM once and from L2 by the other 7.
 Where the time goes: decoding (~10 instructions per weight, a quarter of them the 16-bit
 stores Triton uses to stage the tile for the tensor cores) dominates the wgmma time.
-Activations of float32 are not taken (no float32 tensor-core path); the dispatcher sends
-them to the reference."""
+Activations of float32 are not taken (no float32 tensor-core path). `quantized_linear`
+does not use this kernel: on an H100, decoding the whole weight once for cuBLAS
+(`dequant.py`) was 7% slower for a 14336 x 4096 weight at 5 to 64 rows but 1.8x faster
+for 4096 x 14336, and 4-5x faster at 512 rows. It stays as the fused, no-extra-memory
+baseline that benchmarks/kernel_bandwidth.py compares with."""
 
 from dataclasses import dataclass
 
@@ -31,25 +34,11 @@ from corral.kernels.packing import PackedWeight
 from corral.kernels.triton.decode import (
     KERNEL_TYPES,
     ONE_BITS,
-    field_as_float,
+    decode_tile,
     kernel_args,
     load_meta,
-    sub_block_ab,
+    permute_columns,
 )
-
-
-@triton.jit
-def _field(
-    W, H, sc, d, dm, ONE, j: tl.constexpr,
-    BITS: tl.constexpr, HBITS: tl.constexpr, NSUB: tl.constexpr,
-    KIND: tl.constexpr, OFFSET: tl.constexpr, DTYPE: tl.constexpr,
-):  # fmt: skip
-    """The weights of field j of the words W, (BN, C) in DTYPE: a * q + b."""
-    Q: tl.constexpr = float(1 << (BITS + HBITS))
-    a, b = sub_block_ab(sc, d, dm, j // (32 // BITS // NSUB), KIND, OFFSET)  # (BN, C) each
-    aq = a * Q
-    f = field_as_float(W, H, j, BITS, HBITS, ONE)  # 1 + q / Q
-    return (f * aq + (b - aq)).to(DTYPE)
 
 
 @triton.jit
@@ -91,68 +80,12 @@ def _matmul_kernel(
         else:
             H = W
         sc, d, dm = load_meta(SC, D, DM, ns64[:, None], gi[None, :], n_groups, w_mask, KIND, D_DIV)
-        # (BN, C, 2, ..., 2): field j = the bits of the trailing dims, joined in registers
-        if J == 4:
-            w = tl.join(
-                tl.join(
-                    _field(W, H, sc, d, dm, ONE, 0, BITS, HBITS, NSUB, KIND, OFFSET, DT),
-                    _field(W, H, sc, d, dm, ONE, 2, BITS, HBITS, NSUB, KIND, OFFSET, DT),
-                ),
-                tl.join(
-                    _field(W, H, sc, d, dm, ONE, 1, BITS, HBITS, NSUB, KIND, OFFSET, DT),
-                    _field(W, H, sc, d, dm, ONE, 3, BITS, HBITS, NSUB, KIND, OFFSET, DT),
-                ),
-            )
-        elif J == 8:
-            w = tl.join(
-                _join_pairs(W, H, sc, d, dm, ONE, 0, 4, 2, 6, BITS, HBITS, NSUB, KIND, OFFSET, DT),
-                _join_pairs(W, H, sc, d, dm, ONE, 1, 5, 3, 7, BITS, HBITS, NSUB, KIND, OFFSET, DT),
-            )
-        else:
-            w = tl.join(
-                tl.join(
-                    _join_pairs(
-                        W, H, sc, d, dm, ONE, 0, 8, 4, 12, BITS, HBITS, NSUB, KIND, OFFSET, DT
-                    ),
-                    _join_pairs(
-                        W, H, sc, d, dm, ONE, 2, 10, 6, 14, BITS, HBITS, NSUB, KIND, OFFSET, DT
-                    ),
-                ),
-                tl.join(
-                    _join_pairs(
-                        W, H, sc, d, dm, ONE, 1, 9, 5, 13, BITS, HBITS, NSUB, KIND, OFFSET, DT
-                    ),
-                    _join_pairs(
-                        W, H, sc, d, dm, ONE, 3, 11, 7, 15, BITS, HBITS, NSUB, KIND, OFFSET, DT
-                    ),
-                ),
-            )
-        w = tl.reshape(w, [BN, KS])  # (BN, KS): column c * J + j
+        w = decode_tile(W, H, sc, d, dm, ONE, BITS, HBITS, NSUB, KIND, OFFSET, DT)  # (BN, KS)
         x_mask = m_ok[:, None] & (step * KS + ks < n_groups * 4 * J)[None, :]
         x = tl.load(x_rows + step * KS + ks[None, :], mask=x_mask, other=0.0)  # (BM, KS)
         acc = tl.dot(w, tl.trans(x), acc)
     out = OUT + ms.to(tl.int64)[None, :] * stride_om + ns[:, None]  # (BN, BM)
     tl.store(out, acc.to(OUT.dtype.element_ty), mask=m_ok[None, :] & n_ok[:, None])
-
-
-@triton.jit
-def _join_pairs(
-    W, H, sc, d, dm, ONE,
-    j0: tl.constexpr, j1: tl.constexpr, j2: tl.constexpr, j3: tl.constexpr,
-    BITS: tl.constexpr, HBITS: tl.constexpr, NSUB: tl.constexpr,
-    KIND: tl.constexpr, OFFSET: tl.constexpr, DT: tl.constexpr,
-):  # fmt: skip
-    """join(join(field j0, field j1), join(field j2, field j3)): (BN, C, 2, 2)."""
-    return tl.join(
-        tl.join(
-            _field(W, H, sc, d, dm, ONE, j0, BITS, HBITS, NSUB, KIND, OFFSET, DT),
-            _field(W, H, sc, d, dm, ONE, j1, BITS, HBITS, NSUB, KIND, OFFSET, DT),
-        ),
-        tl.join(
-            _field(W, H, sc, d, dm, ONE, j2, BITS, HBITS, NSUB, KIND, OFFSET, DT),
-            _field(W, H, sc, d, dm, ONE, j3, BITS, HBITS, NSUB, KIND, OFFSET, DT),
-        ),
-    )
 
 
 K_STEP = 256  # weights per row decoded per step: 8 (4-bit), 4 (2-bit) or 16 (8-bit) groups
@@ -175,9 +108,7 @@ def matmul(x: torch.Tensor, pw: PackedWeight, config: MatmulConfig | None = None
     n, k = pw.shape
     m = x.shape[0]
     cfg = config or MatmulConfig()
-    j = 32 // kt.bits
-    # the kernel's K order inside a group: word w, then field j (storage: field, then word)
-    x_perm = x.view(m, k // kt.group, j, 4).transpose(2, 3).reshape(m, k)  # (M, K) permuted
+    x_perm = permute_columns(x, pw.qtype)  # (M, K) in the decoded tile's order
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     _matmul_kernel[grid](
