@@ -10,7 +10,6 @@ build). Prints one JSON object per engine.
 
 import argparse
 import json
-import platform
 import random
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from corral.default_model import default_model_path
 from corral.formats.gguf import GGUFFile
 from corral.loader import load_gguf_model
+from corral.tools.bench import cpu_name
 
 
 def corral_speed(path: Path, n_pp: int, n_tg: int, device: str) -> dict:
@@ -59,18 +59,6 @@ def llama_cpp_speed(path: Path, n_pp: int, n_tg: int, threads: int) -> dict | No
         llm.eval([prompt[0]])
     tg_seconds = time.perf_counter() - start
     return {"engine": "llama.cpp", "pp": n_pp / pp_seconds, "tg": n_tg / tg_seconds}
-
-
-def cpu_name() -> str:
-    """The processor's model name (Linux), else the machine type."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def main() -> None:
