@@ -1,9 +1,11 @@
 """Single-sequence generation: chunked prefill into the KV cache, then incremental decode."""
 
 from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
+from corral.engine.slots import common_prefix
 from corral.model.llama import Transformer
 from corral.sampling import Constraint, Sampler, SamplingParams, TokenLogprobs
 
@@ -12,6 +14,15 @@ PREFILL_CHUNK = 512
 
 class ContextOverflowError(ValueError):
     """The prompt does not fit in the context window."""
+
+
+@dataclass
+class CachedTokens:
+    """The tokens whose keys/values sit in row 0 of a model's KV cache, in order: a prompt
+    that starts with them is read from where they end (a chat's next turn reads only the
+    new messages)."""
+
+    tokens: list[int] = field(default_factory=list)
 
 
 def check_prompt(model: Transformer, prompt_ids: Sequence[int]) -> None:
@@ -51,6 +62,7 @@ def generate_ids(
     eos_ids: Collection[int] = frozenset(),
     constraint: Constraint | None = None,
     on_logprobs: Callable[[TokenLogprobs], None] | None = None,
+    cached: CachedTokens | None = None,
 ) -> Iterator[int]:
     """Yield up to `max_tokens` new token ids; stop after a token for which `is_stop` is true
     (that token is not yielded), when the context window is full, or when `constraint`
@@ -58,6 +70,8 @@ def generate_ids(
 
     eos_ids: the end-of-generation ids, masked when params.ignore_eos.
     on_logprobs: called with each yielded token's log-probabilities when params ask.
+    cached: what the KV cache holds from earlier calls; its common prefix with the prompt
+        is not recomputed, and it is kept up to date as tokens are fed.
     The Sampler (and its logit_bias check against the vocabulary) is built before the
     prompt is processed, so bad parameters fail before any model work.
     """
@@ -65,7 +79,11 @@ def generate_ids(
     check_prompt(model, prompt_ids)
     sampler = Sampler(params, model.config.n_vocab, eos_ids=eos_ids, constraint=constraint)
     history = list(prompt_ids)
-    logits = prefill(model, prompt_ids)
+    cached = cached if cached is not None else CachedTokens()
+    reused = min(common_prefix(cached.tokens, prompt_ids), len(prompt_ids) - 1)
+    cached.tokens = history[:reused]  # entries past the reused prefix are overwritten now
+    logits = prefill(model, prompt_ids[reused:], start=reused)
+    cached.tokens = list(history)
     device = logits.device
     position = len(prompt_ids)
     for _ in range(max_tokens):
@@ -81,4 +99,5 @@ def generate_ids(
             return
         step = torch.tensor([[token]], dtype=torch.long, device=device)  # (1, 1)
         logits = model(step, position)[0, -1]
+        cached.tokens.append(token)
         position += 1
