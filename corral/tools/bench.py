@@ -139,24 +139,28 @@ def load_model(args: argparse.Namespace, n_ctx: int) -> tuple[Any, int]:
 
 def model_row(llm: Any, gpu_layers: int) -> dict[str, Any]:
     """The model's llama-bench columns: description, file size, parameter count, backend."""
-    from corral.formats.gguf import GGUFFile
-    from corral.formats.split_parts import part_paths
+    from corral.checkpoints import open_checkpoint
+    from corral.quant.linear import PackedLinear
     from corral.tools.info import human_count
     from corral.tools.shaped_gguf import FILE_TYPE_NAMES
 
-    with GGUFFile(llm.path) as gguf:
-        tensors = list(gguf.tensors.values())
-    n_params = sum(int(torch.Size(info.shape).numel()) for info in tensors)
-    matrices = Counter(info.ggml_type.name for info in tensors if len(info.shape) == 2)
-    ftype = llm.metadata.get("general.file_type")
-    quant = FILE_TYPE_NAMES.get(ftype) or matrices.most_common(1)[0][0]
+    with open_checkpoint(llm.path) as checkpoint:
+        types = checkpoint.tensor_types()
+        size = sum(path.stat().st_size for path in checkpoint.files())
+    modules = list(llm.model.modules())
+    n_params = sum(p.numel() for p in llm.model.parameters()) + sum(
+        m.in_features * m.out_features for m in modules if isinstance(m, PackedLinear)
+    )  # parameters() counts a tied LM head once, as the file stores it
+    matrices = Counter({name: n for name, n in types.items() if name != "F32"}) or types
+    quant = FILE_TYPE_NAMES.get(llm.metadata.get("general.file_type"))
+    quant = quant or matrices.most_common(1)[0][0]
     device = llm.device
     cuda = device.type == "cuda"
     return {
         "model_filename": str(llm.path),
         "model_type": f"{llm.metadata.get('general.architecture', '?')} "
         f"{human_count(n_params)} {quant}",
-        "model_size": sum(part.stat().st_size for part in part_paths(llm.path)),
+        "model_size": size,
         "model_n_params": n_params,
         "backend": "CUDA" if cuda else "CPU",
         "device": str(device),

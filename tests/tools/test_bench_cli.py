@@ -74,3 +74,16 @@ def test_bad_options(bench_model, capsys):
         main(["bench", "-m", str(bench_model), "-p", "8,x"])
     assert main(["bench", "-m", str(bench_model.with_name("missing.gguf"))]) == 1
     assert "missing.gguf" in capsys.readouterr().err
+
+
+def test_hf_folder_report(tmp_path, capsys):
+    from tests.fixtures.tiny_hf import save_llama_folder, tiny_llama
+
+    hf = tiny_llama(seed=0, num_attention_heads=4, num_key_value_heads=2)
+    folder = save_llama_folder(tmp_path / "hf", hf)
+    argv = ["bench", "-m", str(folder), "-p", "4", "-n", "2", "-r", "1", "-o", "json"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert all(r["model_n_params"] == hf.num_parameters() for r in records)
+    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    assert all(r["model_size"] == size for r in records)
