@@ -14,7 +14,9 @@ Llama-3-8B / Mistral-7B FFN shapes), with random valid blocks:
 --sweep TYPES times matvec tile configurations, --dequant-sweep TYPES those of the
 dequantize pass; --batches times matvec, fused matmul
 and the dense path for Q4_K at each M (the dispatcher's thresholds). Kernels are
-compiled by --jobs processes in parallel first.
+compiled by --jobs processes in parallel first. --gptq 4g128a,3g128 adds GPTQ rows (bits,
+group size, "a" for act-order): matvec at batch 1 alone and through `quantized_linear`
+(which first gathers x's columns for act-order), TB/s of the packed bytes.
 
     PYTHONPATH=. python3 benchmarks/kernel_bandwidth.py [--types Q4_0,Q4_K] [--sweep Q4_K]
 """
@@ -26,10 +28,11 @@ import time
 
 import torch
 
+from corral.kernels.gptq import pack_gptq
 from corral.kernels.packing import BLOCKS, pack
 from corral.kernels.reference import dequantize_packed, linear_reference
 from corral.kernels.triton.dequant import dequantize
-from corral.kernels.triton.linear import dense_linear
+from corral.kernels.triton.linear import dense_linear, quantized_linear
 from corral.kernels.triton.matmul import matmul
 from corral.kernels.triton.matvec import MatvecConfig, default_config, matvec
 
@@ -135,6 +138,39 @@ def bench_type(qtype: str, n: int, k: int, m_big: int) -> dict:
     }  # fmt: skip
 
 
+def random_gptq(bits: int, group: int, act_order: bool, n: int, k: int):
+    """A packed GPTQ weight (n, k) with random codes, scales in [0.001, 0.011), any zeros."""
+    g = torch.Generator(device="cuda").manual_seed(bits)
+    qweight = torch.randint(-(2**31), 2**31 - 1, (k * bits // 32, n), dtype=torch.int32,
+                            device="cuda", generator=g)  # fmt: skip
+    scales = (torch.rand(k // group, n, device="cuda", generator=g) / 100 + 0.001).half()
+    zeros = torch.randint(0, 2**bits, (k // group, n), device="cuda", generator=g)
+    g_idx = torch.arange(k, device="cuda", dtype=torch.int32) // group
+    if act_order:
+        g_idx = g_idx[torch.randperm(k, device="cuda", generator=g)]
+    return pack_gptq(qweight, scales, zeros.to(torch.int16), g_idx, bits, group)
+
+
+def bench_gptq(spec: str, n: int, k: int) -> None:
+    """One GPTQ row (see the module docstring); `spec` like "4g128a"."""
+    bits, rest = spec.split("g")
+    bits, group, act = int(bits), int(rest.rstrip("a")), rest.endswith("a")
+    pws = rotating(lambda: random_gptq(bits, group, act, n, k), k * n * bits // 8)
+    x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+    ref = linear_reference(x.float(), pws[0])
+    err = ((quantized_linear(x, pws[0]).float() - ref).abs().max() / ref.abs().max()).item()
+    t_mv = matvec_seconds(pws, x, None)
+    calls = [lambda pw=pw: quantized_linear(x, pw) for pw in pws] * max(1, 40 // len(pws))
+    t_ql = graph_time(calls)
+    nbytes = pws[0].nbytes()
+    print(
+        f"| GPTQ {spec} | {n}x{k} | {nbytes / 1e6:.1f} | matvec {t_mv * 1e6:.1f} us, "
+        f"{nbytes / t_mv / 1e12:.2f} TB/s | quantized_linear {t_ql * 1e6:.1f} us, "
+        f"{nbytes / t_ql / 1e12:.2f} TB/s | err {err:.1e} |",
+        flush=True,
+    )
+
+
 def sweep(qtype: str, n: int, k: int) -> None:
     raw = random_gguf(qtype, n, k, "cuda")
     pws = rotating(lambda: pack(raw, qtype, k), raw.numel())
@@ -228,6 +264,7 @@ def main() -> None:
     ap.add_argument("--dequant-sweep", default="", help="types whose dequantize tiles to sweep")
     ap.add_argument("--batches", default="", help="e.g. 1,2,4,8,16: matvec/matmul crossover")
     ap.add_argument("--jobs", type=int, default=12, help="compile processes (0: none)")
+    ap.add_argument("--gptq", default="", help="e.g. 4g128a,3g128: GPTQ matvec rows")
     ap.add_argument("--compile-only", action="store_true", help="fill the kernel cache, exit")
     args = ap.parse_args()
     types = [t for t in args.types.split(",") if t]
@@ -268,6 +305,9 @@ def main() -> None:
                 f"{r['mm_err']:.1e} | {r['dq_us']:.1f} | {r['dq_TBps']:.2f}",
             )
             print("| " + " | ".join(cells) + " |", flush=True)
+    for spec in [s for s in args.gptq.split(",") if s]:
+        for n, k in shapes:
+            bench_gptq(spec, n, k)
     for t in swept:
         for n, k in shapes:
             sweep(t, n, k)

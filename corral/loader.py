@@ -209,9 +209,11 @@ def build_model(
     """The Transformer of any Checkpoint in `dtype`, with a KV cache of `n_ctx`.
 
     On the CPU, quantized weights are dequantized at load, one at a time. On CUDA, GGUF
-    matrices stay quantized (PackedLinear: fused dequantize-and-multiply kernels) and the
-    layers are placed by corral.placement: all of them, `gpu_layers` of them (llama.cpp's
-    -ngl: the last ones, the rest on the CPU), or as many as free GPU memory holds.
+    and GPTQ matrices stay quantized (PackedLinear: fused dequantize-and-multiply kernels;
+    the few GPTQ layouts the kernels refuse, such as 2/3-bit with groups of 32, are
+    dequantized) and the layers are placed by corral.placement: all of them, `gpu_layers`
+    of them (llama.cpp's -ngl: the last ones, the rest on the CPU), or as many as free GPU
+    memory holds.
     """
     if n_ctx <= 0:
         raise ValueError(f"the context size must be positive, got {n_ctx}")
@@ -227,6 +229,13 @@ def build_model(
             packed[name] = PackedLinear.from_gguf_blocks(
                 value.data, value.qtype.name, value.shape, target
             )
+        elif (
+            isinstance(value, QTensor)
+            and target.type == "cuda"
+            and is_linear(name)
+            and PackedLinear.qtensor_layout_error(value) is None
+        ):
+            packed[name] = PackedLinear.from_qtensor(value, target)
         else:
             dense[name] = dense_weight(value, target, dtype)
     model = _bind(checkpoint.config, dense, packed, n_ctx)

@@ -2,8 +2,8 @@
 partial offload (`-ngl N`: the last N layers on the GPU, the others on the CPU).
 
 With no explicit layer count on CUDA, as many layers go to the GPU as its free memory
-holds (weights at their stored size, since GGUF matrices stay quantized there, plus the
-layer's KV cache), keeping a reserve for activations and the CUDA context.
+holds (weights at their stored size, since GGUF and GPTQ matrices stay quantized there,
+plus the layer's KV cache), keeping a reserve for activations and the CUDA context.
 """
 
 from dataclasses import dataclass
@@ -78,8 +78,6 @@ def layers_that_fit(
     free, _ = torch.cuda.mem_get_info(device)
     file_bytes = sum(path.stat().st_size for path in checkpoint.files())
     weight_bytes = file_bytes / config.n_layer
-    if checkpoint.kind == "gptq":  # dequantized on the GPU for now: 16-bit from >= 4-bit
-        weight_bytes *= 4
     width = torch.finfo(dtype).bits // 8
     kv_bytes = 2 * n_ctx * config.n_head_kv * config.head_dim * width
     embedding_bytes = config.n_vocab * config.n_embd * width

@@ -17,11 +17,15 @@ with dequantizing the original GGUF bytes. Every (sub-)block's values are `a * q
 | Q5_K | 4 + 1 bits           |        32 | d * sc, -dmin * m          | q * (d sc) - (dmin m)   |
 | Q6_K | 4 + 2 bits           |        16 | d * sc, -32 d sc           | (q - 32) * (d sc)       |
 
+GPTQ weights (qtype "GPTQ{bits}g{group}") are dequantized by their own twin,
+`corral.kernels.gptq.dequantize_gptq_packed`: scale * (q - zero), in the file's column order.
+
 `linear_reference` is `x @ W.T` on that weight, the large-M fallback of the kernels.
 """
 
 import torch
 
+from corral.kernels.gptq import dequantize_gptq_packed, parse_gptq_qtype
 from corral.kernels.packing import DENSE, PackedWeight, high_bits, low_bits
 
 # Offset subtracted from q before scaling, for the types whose formula has one.
@@ -67,6 +71,8 @@ def dequantize_packed(pw: PackedWeight) -> torch.Tensor:
     """The (N, K) float32 values of `pw`, bit-exact with ggml's dequantization."""
     if pw.qtype in DENSE:
         return pw.tensors["w"].float()
+    if parse_gptq_qtype(pw.qtype):
+        return dequantize_gptq_packed(pw)
     n, k = pw.shape
     q = unpack_quants(pw)  # (N, K)
     if pw.qtype in _OFFSETS:

@@ -22,12 +22,15 @@ import torch
 import triton
 import triton.language as tl
 
+from corral.kernels.gptq import parse_gptq_qtype, split_bits, word_group
+
 # How a type's (a, b) per sub-block come from its scale fields (see packing.py's table).
 LEGACY = tl.constexpr(0)  # a = d, b = -offset * d                    (Q4_0, Q5_0, Q8_0)
 LEGACY_MIN = tl.constexpr(1)  # a = d, b = m                          (Q4_1, Q5_1)
 NIBBLE_SC_MIN = tl.constexpr(2)  # a = d sc, b = -dmin m; sc | m << 4 per byte   (Q2_K)
 SIGNED_SC = tl.constexpr(3)  # a = d sc, b = -offset a; int8 sc per byte   (Q3_K, Q6_K)
 BYTE_SC_MIN = tl.constexpr(4)  # a = d sc, b = -dmin m; sc | m << 8 per group  (Q4_K, Q5_K)
+GPTQ_ZERO = tl.constexpr(5)  # a = d, b = -d z; integer zero point z in `zeros`     (GPTQ)
 
 
 @dataclass(frozen=True)
@@ -47,29 +50,47 @@ class KernelType:
         return 4 * 32 // self.bits
 
 
-KERNEL_TYPES: dict[str, KernelType] = {
-    "Q4_0": KernelType(4, 0, 1, 1, LEGACY.value, 8),
-    "Q4_1": KernelType(4, 0, 1, 1, LEGACY_MIN.value, 0),
-    "Q5_0": KernelType(4, 1, 1, 1, LEGACY.value, 16),
-    "Q5_1": KernelType(4, 1, 1, 1, LEGACY_MIN.value, 0),
-    "Q8_0": KernelType(8, 0, 1, 2, LEGACY.value, 128),
-    "Q2_K": KernelType(2, 0, 4, 4, NIBBLE_SC_MIN.value, 0),
-    "Q3_K": KernelType(2, 1, 4, 4, SIGNED_SC.value, 4),
-    "Q4_K": KernelType(4, 0, 1, 8, BYTE_SC_MIN.value, 0),
-    "Q5_K": KernelType(4, 1, 1, 8, BYTE_SC_MIN.value, 0),
-    "Q6_K": KernelType(4, 2, 2, 8, SIGNED_SC.value, 32),
-}
+class _KernelTypes(dict):
+    """qtype -> KernelType; GPTQ qtypes ("GPTQ4g128", see corral.kernels.gptq) are built
+    on first use: GPTQ_ZERO scales, one (scale, zero) per group of `group size` weights."""
+
+    def __missing__(self, qtype: str) -> KernelType:
+        parsed = parse_gptq_qtype(qtype)
+        if parsed is None:
+            raise KeyError(qtype)
+        bits, group_size = parsed
+        low, high = split_bits(bits)
+        kt = KernelType(low, high, 1, group_size // word_group(bits), GPTQ_ZERO.value, 0)
+        self[qtype] = kt
+        return kt
+
+
+KERNEL_TYPES: dict[str, KernelType] = _KernelTypes(
+    {
+        "Q4_0": KernelType(4, 0, 1, 1, LEGACY.value, 8),
+        "Q4_1": KernelType(4, 0, 1, 1, LEGACY_MIN.value, 0),
+        "Q5_0": KernelType(4, 1, 1, 1, LEGACY.value, 16),
+        "Q5_1": KernelType(4, 1, 1, 1, LEGACY_MIN.value, 0),
+        "Q8_0": KernelType(8, 0, 1, 2, LEGACY.value, 128),
+        "Q2_K": KernelType(2, 0, 4, 4, NIBBLE_SC_MIN.value, 0),
+        "Q3_K": KernelType(2, 1, 4, 4, SIGNED_SC.value, 4),
+        "Q4_K": KernelType(4, 0, 1, 8, BYTE_SC_MIN.value, 0),
+        "Q5_K": KernelType(4, 1, 1, 8, BYTE_SC_MIN.value, 0),
+        "Q6_K": KernelType(4, 2, 2, 8, SIGNED_SC.value, 32),
+    }
+)
 
 
 def kernel_args(pw_tensors: dict, kt: KernelType) -> tuple:
-    """The (qs, qh, scales, d, dmin) pointers of a packed weight; absent fields alias qs."""
+    """The (qs, qh, scales, d, dmin) pointers of a packed weight; absent fields alias qs
+    (or d). GPTQ's `zeros` take the place of dmin."""
     qs = pw_tensors["qs"]
     return (
         qs,
         pw_tensors.get("qh", qs),
         pw_tensors.get("scales", qs),
         pw_tensors["d"],
-        pw_tensors.get("dmin", pw_tensors["d"]),
+        pw_tensors.get("dmin", pw_tensors.get("zeros", pw_tensors["d"])),
     )
 
 
@@ -109,16 +130,16 @@ def field_as_float(W, H, j: tl.constexpr, BITS: tl.constexpr, HBITS: tl.constexp
 def load_meta(SC, D, DM, rows, groups, n_groups, mask, KIND: tl.constexpr, D_DIV: tl.constexpr):
     """Scale fields of `groups` (any shape broadcasting with `rows`): (sc, d, dmin).
 
-    `sc` is the raw int32 scale entry (0 for legacy types); `dmin` is `m` for
-    LEGACY_MIN types and 0 where a type has none.
+    `sc` is the raw int32 scale entry (0 for legacy types and GPTQ); `dmin` is `m` for
+    LEGACY_MIN types, the zero point for GPTQ_ZERO and 0 where a type has none.
     """
     d_off = rows * (n_groups // D_DIV) + groups // D_DIV
     d = tl.load(D + d_off, mask=mask, other=0.0).to(tl.float32)
-    if KIND == LEGACY_MIN or KIND == NIBBLE_SC_MIN or KIND == BYTE_SC_MIN:
-        dm = tl.load(DM + d_off, mask=mask, other=0.0).to(tl.float32)
+    if KIND == LEGACY_MIN or KIND == NIBBLE_SC_MIN or KIND == BYTE_SC_MIN or KIND == GPTQ_ZERO:
+        dm = tl.load(DM + d_off, mask=mask, other=0).to(tl.float32)
     else:
         dm = tl.zeros_like(d)
-    if KIND >= NIBBLE_SC_MIN:
+    if KIND >= NIBBLE_SC_MIN and KIND <= BYTE_SC_MIN:
         sc = tl.load(SC + rows * n_groups + groups, mask=mask, other=0).to(tl.int32)
     else:
         sc = tl.zeros_like(d).to(tl.int32)
@@ -141,6 +162,9 @@ def sub_block_ab(sc, d, dm, s: tl.constexpr, KIND: tl.constexpr, OFFSET: tl.cons
     elif KIND == SIGNED_SC:
         a = d * ((sc << (24 - 8 * s)) >> 24).to(tl.float32)
         b = a * (-OFFSET)
+    elif KIND == GPTQ_ZERO:
+        a = d
+        b = -(d * dm)  # exact: an fp16 scale times an integer below 2**9
     else:
         a = d * (sc & 0xFF).to(tl.float32)
         b = -(dm * ((sc >> 8) & 0xFF).to(tl.float32))

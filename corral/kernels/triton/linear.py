@@ -16,6 +16,10 @@ in M up to a few hundred rows. Measured on an H100 for a 14336 x 4096 Q4_K weigh
 124 us there but 236 us for 4096 x 14336, so it is not dispatched to. On a CPU tensor
 the kernels run only under Triton's interpreter (TRITON_INTERPRET=1, for tests);
 otherwise CPU calls take the reference path.
+
+GPTQ weights (corral.kernels.gptq) take the same paths; an act-order weight's columns
+were sorted by group at load, so the activations are gathered the same way first
+(x[:, perm], one small copy of M x K values).
 """
 
 import os
@@ -57,6 +61,7 @@ def quantized_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
     on_triton = x.device.type == "cuda" or _interpreted()
     if m == 0 or not on_triton:
         return linear_reference(x, pw)
-    x2 = x2.contiguous()
+    perm = pw.tensors.get("perm")  # GPTQ act-order: the weight's columns sorted by group
+    x2 = x2.contiguous() if perm is None else x2.index_select(1, perm)  # (M, K)
     y = matvec(x2, pw) if m <= MATVEC_MAX_M else dense_linear(x2, pw)
     return y.reshape(*x.shape[:-1], n)  # (..., N)

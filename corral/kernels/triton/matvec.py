@@ -32,6 +32,7 @@ import triton.language as tl
 from corral.kernels.packing import PackedWeight
 from corral.kernels.triton.decode import (
     BYTE_SC_MIN,
+    GPTQ_ZERO,
     KERNEL_TYPES,
     LEGACY_MIN,
     NIBBLE_SC_MIN,
@@ -103,11 +104,11 @@ def _load_scales(
     if D_DIV > 1:
         d_off = tl.max_contiguous(d_off, [1, 1, gi3.shape[2]])
     d = _load_masked(D + d_off, mask, EVEN).to(tl.float32)
-    if KIND == LEGACY_MIN or KIND == NIBBLE_SC_MIN or KIND == BYTE_SC_MIN:
+    if KIND == LEGACY_MIN or KIND == NIBBLE_SC_MIN or KIND == BYTE_SC_MIN or KIND == GPTQ_ZERO:
         dm = _load_masked(DM + d_off, mask, EVEN).to(tl.float32)
     else:
         dm = tl.zeros_like(d)
-    if KIND >= NIBBLE_SC_MIN:
+    if KIND >= NIBBLE_SC_MIN and KIND <= BYTE_SC_MIN:
         sc = _load_masked(SC + rows3 * n_groups + gi3, mask, EVEN).to(tl.int32)
     else:
         sc = tl.zeros_like(d).to(tl.int32)
