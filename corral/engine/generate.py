@@ -1,7 +1,6 @@
 """Single-sequence generation: chunked prefill into the KV cache, then incremental decode."""
 
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
 
 import torch
 
@@ -14,15 +13,6 @@ PREFILL_CHUNK = 512
 
 class ContextOverflowError(ValueError):
     """The prompt does not fit in the context window."""
-
-
-@dataclass
-class CachedTokens:
-    """The tokens whose keys/values sit in row 0 of a model's KV cache, in order: a prompt
-    that starts with them is read from where they end (a chat's next turn reads only the
-    new messages)."""
-
-    tokens: list[int] = field(default_factory=list)
 
 
 def check_prompt(model: Transformer, prompt_ids: Sequence[int]) -> None:
@@ -62,7 +52,6 @@ def generate_ids(
     eos_ids: Collection[int] = frozenset(),
     constraint: Constraint | None = None,
     on_logprobs: Callable[[TokenLogprobs], None] | None = None,
-    cached: CachedTokens | None = None,
 ) -> Iterator[int]:
     """Yield up to `max_tokens` new token ids; stop after a token for which `is_stop` is true
     (that token is not yielded), when the context window is full, or when `constraint`
@@ -70,8 +59,9 @@ def generate_ids(
 
     eos_ids: the end-of-generation ids, masked when params.ignore_eos.
     on_logprobs: called with each yielded token's log-probabilities when params ask.
-    cached: what the KV cache holds from earlier calls; its common prefix with the prompt
-        is not recomputed, and it is kept up to date as tokens are fed.
+    The KV cache's row 0 may still hold an earlier call's tokens (`model.cached_tokens`):
+    their common prefix with the prompt is not recomputed, so a chat's next turn reads only
+    the new messages.
     The Sampler (and its logit_bias check against the vocabulary) is built before the
     prompt is processed, so bad parameters fail before any model work.
     """
@@ -79,11 +69,9 @@ def generate_ids(
     check_prompt(model, prompt_ids)
     sampler = Sampler(params, model.config.n_vocab, eos_ids=eos_ids, constraint=constraint)
     history = list(prompt_ids)
-    cached = cached if cached is not None else CachedTokens()
-    reused = min(common_prefix(cached.tokens, prompt_ids), len(prompt_ids) - 1)
-    cached.tokens = history[:reused]  # entries past the reused prefix are overwritten now
+    reused = min(common_prefix(model.cached_tokens, prompt_ids), len(prompt_ids) - 1)
     logits = prefill(model, prompt_ids[reused:], start=reused)
-    cached.tokens = list(history)
+    cached = model.cached_tokens = list(history)  # every forward clears it: declare ours
     device = logits.device
     position = len(prompt_ids)
     for _ in range(max_tokens):
@@ -99,5 +87,6 @@ def generate_ids(
             return
         step = torch.tensor([[token]], dtype=torch.long, device=device)  # (1, 1)
         logits = model(step, position)[0, -1]
-        cached.tokens.append(token)
+        cached.append(token)
+        model.cached_tokens = cached
         position += 1

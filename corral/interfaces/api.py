@@ -18,7 +18,7 @@ from corral.chat import (
 from corral.checkpoints import open_checkpoint
 from corral.config import ModelConfig
 from corral.default_model import default_model_path
-from corral.engine.generate import CachedTokens, generate_ids
+from corral.engine.generate import generate_ids
 from corral.engine.memory import choose_dtype
 from corral.engine.parallel import generate_n_ids
 from corral.engine.stops import StopMatcher, stop_token_ids
@@ -83,7 +83,6 @@ class LLM:
             self.chat_format, self.chat_format_reason = self._resolve_chat(chat_template)
             loaded = build_model(checkpoint, self.device, self.dtype, self.n_ctx, gpu_layers)
         self.model = loaded.model
-        self.cached = CachedTokens()  # what the KV cache holds (see generate_tokens)
         self.placement = loaded.placement
         self.dtype = self.model.tok_embeddings.weight.dtype
         if cuda_graphs and self.device.type == "cuda" and self.placement.single_device:
@@ -155,7 +154,6 @@ class LLM:
             eos_ids=eos,
             constraint=constraint,
             on_logprobs=on_logprobs,
-            cached=self.cached,
         )
 
     def generate_n_tokens(
@@ -173,7 +171,6 @@ class LLM:
         params, max_tokens = self._check_request(prompt_ids, max_tokens, sampling)
         stops = self.tokenizer.eog_ids if stop_ids is None else frozenset(stop_ids)
         eos = stops | self.tokenizer.eog_ids
-        self.cached.tokens = []  # generate_n_ids rebuilds the KV cache
         return generate_n_ids(
             self.model, prompt_ids, n, max_tokens, params, stops.__contains__, eos_ids=eos
         )

@@ -50,6 +50,10 @@ class Transformer(nn.Module):
         self.register_buffer("rope", torch.empty(0, config.rope_dim // 2, 2), persistent=False)
         self.n_positions = 0
         self.graphs: DecodeGraphs | None = None
+        # the tokens whose keys/values sit in cache row 0, for a caller that reuses them
+        # (corral.engine.generate); every forward and setup_cache clears it, so the caller
+        # sets it again after each of its own calls and nothing stale survives other writes
+        self.cached_tokens: list[int] = []
 
     def use_cuda_graphs(self, enabled: bool = True) -> None:
         """Replay one-token decode steps from captured CUDA graphs (all layers must be on
@@ -61,6 +65,7 @@ class Transformer(nn.Module):
         on that layer's device) and the RoPE table."""
         dtype = self.tok_embeddings.weight.dtype
         self.n_positions = n_positions
+        self.cached_tokens = []
         self.rope = rope_tables(self.config, n_positions, self.tok_embeddings.weight.device)
         for layer in self.layers:
             layer.attn.cache = KVCache(
@@ -107,6 +112,7 @@ class Transformer(nn.Module):
         last_only: compute only the last position's logits (B, 1, V): the LM head is the
             largest matmul of prefill, and generation needs only the last row.
         """
+        self.cached_tokens = []
         n_new = tokens.shape[1]
         starts = [start] if isinstance(start, int) else list(start)
         end = max(starts) + n_new

@@ -1,6 +1,8 @@
 """LLM keeps what its KV cache holds: a prompt that starts like the previous call's prompt
 and reply (a chat's next turn) is read from where they end, with the same result."""
 
+import torch
+
 import corral
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -45,3 +47,13 @@ def test_a_different_prompt_starts_over():
     shared = 1 if prompt[0] == before[0] == llm.tokenizer.bos_id else 0
     assert seen[0] == len(prompt) - shared  # at most a shared BOS is reused
     assert text == corral.load(n_ctx=512, device="cpu").generate("Water boils at", 4, temperature=0)
+
+
+def test_writing_the_cache_directly_forgets_what_it_held():
+    llm = corral.load(n_ctx=512, device="cpu")
+    prompt = llm.tokenize("The capital of France is")
+    first = llm.generate("The capital of France is", 4, temperature=0)
+    llm.model(torch.tensor([list(reversed(prompt))]), 0)  # overwrites the cached entries
+    seen = count_new_tokens(llm)
+    assert llm.generate("The capital of France is", 4, temperature=0) == first
+    assert seen[0] == len(prompt)  # read again from the start
