@@ -113,7 +113,7 @@ class StreamingSafetensorsWriter:
             )
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)  # (nbytes,)
         self.file.seek(self.data_start + self.offsets[name])
-        self.file.write(data.numpy().tobytes())
+        self.file.write(data.numpy())  # no extra copy: numpy exposes the buffer
         self.written.add(name)
 
     def discard(self) -> None:
