@@ -33,6 +33,7 @@ class ModelConfig:
     rope_scale: float  # linear RoPE scaling: positions are divided by this factor
     rms_eps: float
     context_length: int
+    tied_output: bool = False  # the LM head reuses the token embedding (no output matrix)
 
     @property
     def n_kv_groups(self) -> int:
@@ -40,11 +41,12 @@ class ModelConfig:
         return self.n_head // self.n_head_kv
 
     def n_params(self) -> int:
-        """Parameter count of the model this config describes (tied output counted once)."""
+        """Parameter count of the model this config describes (a tied LM head counted once)."""
         attn = self.n_embd * self.head_dim * (2 * self.n_head + 2 * self.n_head_kv)
         mlp = 3 * self.n_embd * self.n_ff
         norms = 2 * self.n_embd
-        return self.n_layer * (attn + mlp + norms) + self.n_vocab * self.n_embd + self.n_embd
+        embeddings = self.n_vocab * self.n_embd * (1 if self.tied_output else 2)
+        return self.n_layer * (attn + mlp + norms) + embeddings + self.n_embd
 
 
 def _get(meta: Mapping[str, Any], key: str, kind: type, source: str, default: Any = None) -> Any:

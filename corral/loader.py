@@ -5,7 +5,7 @@ table and checks below are also used directly by `load_gguf_model`.
 """
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,7 +97,7 @@ def read_config(gguf: GGUFFile) -> ModelConfig:
         raise ModelFormatError(f"{source}: tensor 'token_embd.weight' must be 2-D")
     config = config_from_gguf(gguf.metadata, embedding.shape[0], source)
     check_tensors(gguf, config)
-    return config
+    return replace(config, tied_output="output.weight" not in gguf.tensors)
 
 
 def check_tensors(gguf: GGUFFile, config: ModelConfig) -> None:

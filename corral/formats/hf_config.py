@@ -143,6 +143,7 @@ def config_from_hf(cfg: Mapping[str, Any], source: str) -> ModelConfig:
         rope_scale=factor,
         rms_eps=rms_eps,
         context_length=_count(cfg, "max_position_embeddings", source, MAX_CONTEXT, default=2048),
+        tied_output=tied_embeddings(cfg, source),
     )
 
 
