@@ -16,6 +16,7 @@ from corral.formats.gguf_writer import TensorPlan, write_gguf
 from corral.interfaces.cli import main
 from corral.quant.ggml_types import GGMLType
 from corral.tools.shaped_gguf import SHAPES, file_type, tensor_plans, write_shaped_gguf
+from tests.fixtures.llama2_configs import LLAMA2_HF_CONFIGS
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 TINY = SHAPES["tiny"]
@@ -39,15 +40,6 @@ PURE_TYPES = {
 LLAMA_CPP_MIXES = [
     "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K",
 ]  # fmt: skip
-# config.json of meta-llama/Llama-2-{7b,13b,70b}-hf
-HF_CONFIGS = {
-    "7B": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-               num_attention_heads=32, num_key_value_heads=32),
-    "13B": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                num_attention_heads=40, num_key_value_heads=40),
-    "70B": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
-                num_attention_heads=64, num_key_value_heads=8),
-}  # fmt: skip
 
 
 def field(reader: gguf.GGUFReader, key: str):
@@ -133,11 +125,11 @@ def test_aliases_and_unknown_file_types():
         file_type("Q9_X")
 
 
-@pytest.mark.parametrize("size", HF_CONFIGS)
+@pytest.mark.parametrize("size", LLAMA2_HF_CONFIGS)
 def test_llama_2_shapes_have_the_parameters_of_the_hf_configs(size):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=32000, max_position_embeddings=4096, **HF_CONFIGS[size])
+    config = LlamaConfig(vocab_size=32000, max_position_embeddings=4096, **LLAMA2_HF_CONFIGS[size])
     with torch.device("meta"):
         n_hf = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
     plans = tensor_plans(SHAPES[size], file_type("Q4_K_M"))

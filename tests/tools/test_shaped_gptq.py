@@ -29,6 +29,7 @@ from corral.tools.shaped_gptq import (
     write_side_files,
 )
 from tests.autogptq_reference import dequantize_packed
+from tests.fixtures.llama2_configs import LLAMA2_HF_CONFIGS
 from tests.fixtures.tiny_hf import training_lines
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,15 +39,6 @@ SETTINGS = [
     (bits, group, act_order, True)
     for bits, group, act_order in itertools.product((2, 3, 4, 8), (32, 128, -1), (False, True))
 ] + [(4, 128, False, False), (3, 32, True, False)]
-# config.json of meta-llama/Llama-2-{7b,13b,70b}-hf
-HF_CONFIGS = {
-    "7B": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-               num_attention_heads=32, num_key_value_heads=32),
-    "13B": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                num_attention_heads=40, num_key_value_heads=40),
-    "70B": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
-                num_attention_heads=64, num_key_value_heads=8),
-}  # fmt: skip
 
 
 def setting_id(setting: tuple[int, int, bool, bool]) -> str:
@@ -145,14 +137,14 @@ def test_safetensors_reads_every_tensor_with_autogptq_metadata(folders):
     assert quantize_config["checkpoint_format"] == "gptq"
 
 
-@pytest.mark.parametrize("size", HF_CONFIGS)
+@pytest.mark.parametrize("size", LLAMA2_HF_CONFIGS)
 def test_transformers_reads_config_json_with_llama_2_parameter_counts(tmp_path, size):
     write_side_files(tmp_path, SHAPES[size], GPTQSpec(bits=4, group_size=128))
     config = LlamaConfig.from_pretrained(tmp_path)
     real = LlamaConfig(
-        vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5, **HF_CONFIGS[size]
+        vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5, **LLAMA2_HF_CONFIGS[size]
     )
-    for key in (*HF_CONFIGS[size], "vocab_size", "max_position_embeddings", "rms_norm_eps"):
+    for key in (*LLAMA2_HF_CONFIGS[size], "vocab_size", "max_position_embeddings", "rms_norm_eps"):
         assert getattr(config, key) == getattr(real, key), key
     assert config.tie_word_embeddings is False and config.hidden_act == "silu"
     with torch.device("meta"):
