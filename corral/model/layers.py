@@ -109,6 +109,14 @@ class KVCache(nn.Module):
         self.v[target, :, :n_positions] = self.v[source, :, :n_positions]
 
 
+def attention_mask(positions: torch.Tensor, end: int) -> torch.Tensor:
+    """(B|1, 1, T, end) boolean: each query attends to cache entries up to its own position
+    (causal, and blind to stale entries past it: a reused cache row, or a CUDA graph that
+    attends over a fixed `end`). Built once per step and shared by every layer."""
+    key_pos = torch.arange(end, device=positions.device)
+    return (key_pos[None, None, :] <= positions[:, :, None])[:, None]
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped-query KV heads and rotary positions."""
 
@@ -131,11 +139,12 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: torch.Tensor,
         positions: torch.Tensor,
-        end: int,
+        mask: torch.Tensor,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: (B, T, E) at `positions` (B or 1, T) of KV cache rows `rows` (B,) (None: rows
-        0..B-1); every sequence's last position is below `end`."""
+        0..B-1), attending over the first `end` cache entries where `mask` (B|1, 1, T, end)
+        allows (see :func:`attention_mask`)."""
         batch, n_new, _ = x.shape
         q = self.wq(x).view(batch, n_new, self.n_head, self.head_dim)  # (B, T, H, D)
         k = self.wk(x).view(batch, n_new, self.n_head_kv, self.head_dim)  # (B, T, Hkv, D)
@@ -144,11 +153,7 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
         if self.cache is None:
             raise RuntimeError("Attention.cache is not set up: call Transformer.setup_cache")
-        k, v = self.cache.update(rows, positions, k, v, end)  # (B, Hkv, end, D)
-        key_pos = torch.arange(end, device=x.device)
-        # (B|1, 1, T, end): causal, and blind to stale entries past each sequence's position
-        # (a reused cache row; a CUDA graph attending over a fixed `end`)
-        mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]
+        k, v = self.cache.update(rows, positions, k, v, mask.shape[-1])  # (B, Hkv, end, D)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         out = out.transpose(1, 2).reshape(batch, n_new, self.n_head * self.head_dim)  # (B, T, H*D)
         return self.wo(out)

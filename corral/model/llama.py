@@ -7,7 +7,14 @@ from torch import nn
 
 from corral.config import ModelConfig
 from corral.model.graphs import DecodeGraphs
-from corral.model.layers import Attention, FeedForward, KVCache, RMSNorm, rope_tables
+from corral.model.layers import (
+    Attention,
+    FeedForward,
+    KVCache,
+    RMSNorm,
+    attention_mask,
+    rope_tables,
+)
 
 
 class Block(nn.Module):
@@ -25,10 +32,10 @@ class Block(nn.Module):
         x: torch.Tensor,
         rope: torch.Tensor,
         positions: torch.Tensor,
-        end: int,
+        mask: torch.Tensor,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, positions, end, rows)
+        x = x + self.attn(self.attn_norm(x), rope, positions, mask, rows)
         return x + self.ffn(self.ffn_norm(x))
 
     @property
@@ -142,11 +149,11 @@ class Transformer(nn.Module):
         inputs: dict[torch.device, tuple] = {}
         for layer in self.layers:
             device = layer.device
-            if device not in inputs:  # partial offload: layers on several devices
-                moved = (rope, positions, rows)
-                inputs[device] = tuple(None if t is None else t.to(device) for t in moved)
-            layer_rope, layer_positions, layer_rows = inputs[device]
-            x = layer(x.to(device), layer_rope, layer_positions, end, layer_rows)
+            if device not in inputs:  # once per device (partial offload: several)
+                moved = [None if t is None else t.to(device) for t in (rope, positions, rows)]
+                inputs[device] = (*moved, attention_mask(moved[1], end))
+            layer_rope, layer_positions, layer_rows, mask = inputs[device]
+            x = layer(x.to(device), layer_rope, layer_positions, mask, layer_rows)
         if last_only:
             x = x[:, -1:]  # (B, 1, E)
         x = x.to(self.norm.weight.device)

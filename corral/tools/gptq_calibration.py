@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from corral.config import ModelConfig
-from corral.model.layers import KVCache, rope_tables
+from corral.model.layers import KVCache, attention_mask, rope_tables
 from corral.model.llama import Block
 from corral.quant.gptq_algorithm import HessianAccumulator
 from corral.tokenizer import Tokenizer
@@ -99,6 +99,7 @@ class LayerRunner:
         )
         self.positions = torch.arange(seq_len, device=device)[None]  # (1, T)
         self.rope = rope_tables(config, seq_len, device)[self.positions]  # (1, T, rd/2, 2)
+        self.mask = attention_mask(self.positions, seq_len)  # (1, 1, T, T): causal
 
     def _layout(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         """An HF weight as corral's Block wants it: float32, Q/K rows interleaved."""
@@ -118,10 +119,10 @@ class LayerRunner:
     def run(self, hidden: torch.Tensor) -> torch.Tensor:
         """The layer's output (S, T, E) for its inputs `hidden` (S, T, E)."""
         out = torch.empty_like(hidden)
-        seq_len = hidden.shape[1]
         for first in range(0, hidden.shape[0], self.batch_size):
             batch = hidden[first : first + self.batch_size]  # (b, T, E)
-            out[first : first + len(batch)] = self.block(batch, self.rope, self.positions, seq_len)
+            layer_out = self.block(batch, self.rope, self.positions, self.mask)  # (b, T, E)
+            out[first : first + len(batch)] = layer_out
         return out
 
     def input_hessian(self, module_name: str, hidden: torch.Tensor) -> torch.Tensor:
