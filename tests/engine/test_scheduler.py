@@ -4,6 +4,7 @@ single-sequence path gives it alone, while sharing decode steps with the others.
 import asyncio
 import threading
 
+import numpy as np
 import pytest
 
 import corral
@@ -11,6 +12,7 @@ from corral.engine.generate import ContextOverflowError
 from corral.engine.requests import EngineRequest, Finished, TokenEvent
 from corral.engine.scheduler import Engine, EngineClosedError, QueueFullError
 from corral.sampling import SamplingParams, SamplingParamsError
+from tests.model.test_llama_cpp_golden import SMOLLM2_NEAR_TIE, golden, margins, smollm2_path
 
 PROMPTS = [
     "The capital of France is",
@@ -163,3 +165,27 @@ def test_queue_bound_and_shutdown():
     assert done.wait(60)
     with pytest.raises(EngineClosedError):
         engine.submit(request(engine, PROMPTS[0], max_tokens=4))
+
+
+def test_concurrent_greedy_requests_follow_llama_cpp():
+    """An outside reference for batched decoding: llama.cpp's greedy continuations of the
+    golden prompts, up to llama.cpp's first near-tie, with all prompts decoding together."""
+    path = smollm2_path()
+    gold = golden("smollm2-q4_1.npz", path)
+    llm = corral.load(path, n_ctx=5 * 192, device="cpu")
+    engine = Engine(llm.model, n_slots=5)
+    engine.start()
+    try:
+        expected, handles = {}, {}
+        for name in gold["prompt_names"]:
+            greedy = gold[f"{name}_greedy"].tolist()
+            tie = np.flatnonzero(margins(gold[f"{name}_greedy_top_logits"]) < SMOLLM2_NEAR_TIE)
+            expected[name] = greedy[: int(tie[0]) if len(tie) else len(greedy)]
+            params = SamplingParams(temperature=0.0, max_tokens=len(greedy))
+            prompt = tuple(gold[f"{name}_ids"].tolist())
+            handles[name] = engine.submit(EngineRequest(prompt, params))
+        for name, handle in handles.items():
+            tokens, _ = collect(handle)
+            assert tokens[: len(expected[name])] == expected[name], name
+    finally:
+        engine.shutdown(timeout=5)
