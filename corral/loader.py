@@ -15,6 +15,7 @@ from torch import nn
 from corral.config import ModelConfig, config_from_gguf
 from corral.errors import CorralError, ModelFormatError, UnsupportedError
 from corral.formats.gguf import GGUFFile, TensorInfo
+from corral.model.kv_cache import check_cache_type
 from corral.model.llama import Transformer
 from corral.placement import Placement, plan_placement
 from corral.quant.dequant import dequantize
@@ -143,10 +144,11 @@ def _bind(
     dense: dict[str, torch.Tensor],
     packed: dict[str, nn.Module],
     n_ctx: int,
+    cache_types: tuple[str | None, str | None] = (None, None),
 ) -> Transformer:
     """Build the Transformer on "meta", swap in the `packed` linear modules (by weight
     name), bind the `dense` weights (a tied LM head when "output.weight" is absent) and set
-    up a KV cache of `n_ctx` positions."""
+    up a KV cache of `n_ctx` positions storing keys and values as `cache_types`."""
     with torch.device("meta"):
         model = Transformer(config)
     for name, module in packed.items():
@@ -156,6 +158,7 @@ def _bind(
         dense["output.weight"] = dense["tok_embeddings.weight"]
     model.load_state_dict(dense, assign=True, strict=True)
     model.eval()
+    model.set_cache_types(*cache_types)
     model.setup_cache(batch=1, n_positions=n_ctx)
     return model
 
@@ -205,8 +208,10 @@ def build_model(
     dtype: torch.dtype,
     n_ctx: int,
     gpu_layers: int | None = None,
+    cache_types: tuple[str | None, str | None] = (None, None),
 ) -> LoadedModel:
-    """The Transformer of any Checkpoint in `dtype`, with a KV cache of `n_ctx`.
+    """The Transformer of any Checkpoint in `dtype`, with a KV cache of `n_ctx` storing
+    keys and values as `cache_types` (corral.model.kv_cache; None: in `dtype`).
 
     On the CPU, quantized weights are dequantized at load, one at a time. On CUDA, GGUF
     and GPTQ matrices stay quantized (PackedLinear: fused dequantize-and-multiply kernels;
@@ -217,7 +222,9 @@ def build_model(
     """
     if n_ctx <= 0:
         raise ValueError(f"the context size must be positive, got {n_ctx}")
-    placement = plan_placement(checkpoint, device, dtype, n_ctx, gpu_layers)
+    for cache_type in cache_types:
+        check_cache_type(cache_type, checkpoint.config.head_dim)
+    placement = plan_placement(checkpoint, device, dtype, n_ctx, gpu_layers, cache_types)
     if not placement.single_device and dtype == torch.float16:
         dtype = torch.bfloat16  # CPU layers: float16 matmuls are slow there, bfloat16 not
     read_device = device if placement.single_device else torch.device("cpu")
@@ -238,7 +245,7 @@ def build_model(
             packed[name] = PackedLinear.from_qtensor(value, target)
         else:
             dense[name] = dense_weight(value, target, dtype)
-    model = _bind(checkpoint.config, dense, packed, n_ctx)
+    model = _bind(checkpoint.config, dense, packed, n_ctx, cache_types)
     return LoadedModel(
         model=model,
         config=checkpoint.config,

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from corral.model.kv_cache import cache_value_bytes
+
 if TYPE_CHECKING:
     from corral.checkpoints.base import Checkpoint
 
@@ -52,6 +54,7 @@ def plan_placement(
     dtype: torch.dtype,
     n_ctx: int,
     gpu_layers: int | None,
+    cache_types: tuple[str | None, str | None] = (None, None),
 ) -> Placement:
     """Place the model of `checkpoint` (see the module docstring). `gpu_layers` above the
     layer count means all layers (llama.cpp's `-ngl 999`)."""
@@ -61,7 +64,7 @@ def plan_placement(
             raise ValueError(f"--gpu-layers needs a CUDA device, not {device}")
         return Placement((device,) * n_layer, device, device)
     if gpu_layers is None:
-        gpu_layers = layers_that_fit(checkpoint, device, dtype, n_ctx)
+        gpu_layers = layers_that_fit(checkpoint, device, dtype, n_ctx, cache_types)
     if gpu_layers < 0:
         raise ValueError(f"--gpu-layers must be >= 0, got {gpu_layers}")
     on_gpu = min(gpu_layers, n_layer)
@@ -71,15 +74,20 @@ def plan_placement(
 
 
 def layers_that_fit(
-    checkpoint: "Checkpoint", device: torch.device, dtype: torch.dtype, n_ctx: int
+    checkpoint: "Checkpoint",
+    device: torch.device,
+    dtype: torch.dtype,
+    n_ctx: int,
+    cache_types: tuple[str | None, str | None] = (None, None),
 ) -> int:
-    """How many layers fit in the free memory of `device`."""
+    """How many layers fit in the free memory of `device` (KV cache in `cache_types`)."""
     config = checkpoint.config
     free, _ = torch.cuda.mem_get_info(device)
     file_bytes = sum(path.stat().st_size for path in checkpoint.files())
     weight_bytes = file_bytes / config.n_layer
     width = torch.finfo(dtype).bits // 8
-    kv_bytes = 2 * n_ctx * config.n_head_kv * config.head_dim * width
+    value_bytes = sum(cache_value_bytes(cache_type, dtype) for cache_type in cache_types)
+    kv_bytes = value_bytes * n_ctx * config.n_head_kv * config.head_dim
     embedding_bytes = config.n_vocab * config.n_embd * width
     budget = free - GPU_RESERVE_BYTES - embedding_bytes
     return max(0, min(config.n_layer, int(budget // (weight_bytes + kv_bytes))))

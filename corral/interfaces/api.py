@@ -49,6 +49,8 @@ class LLM:
         chat_template: str | None = None,
         gpu_layers: int | None = None,
         cuda_graphs: bool = True,
+        cache_type_k: str | None = None,
+        cache_type_v: str | None = None,
     ) -> None:
         """Load a model: a GGUF file, an HF Llama folder (safetensors) or a GPTQ folder; the
         embedded default when `path` is None.
@@ -66,6 +68,9 @@ class LLM:
             holds. See corral.placement.
         cuda_graphs: replay one-token decode steps from CUDA graphs when the whole model is
             on one GPU (corral.model.graphs).
+        cache_type_k, cache_type_v: how the KV cache stores keys and values (llama.cpp's
+            -ctk/-ctv): "f32", "f16", "bf16" or "q8_0" (8.5 bits per value); default the
+            compute dtype. See corral.model.kv_cache.
 
         `metadata` holds the checkpoint's metadata with GGUF key names (an HF folder's chat
         template as ``tokenizer.chat_template``); `generation_defaults` the sampling defaults
@@ -81,7 +86,14 @@ class LLM:
             self.n_ctx = n_ctx or min(config.context_length, DEFAULT_CONTEXT)
             self.dtype = dtype or choose_dtype(config, self.n_ctx, self.device)
             self.chat_format, self.chat_format_reason = self._resolve_chat(chat_template)
-            loaded = build_model(checkpoint, self.device, self.dtype, self.n_ctx, gpu_layers)
+            loaded = build_model(
+                checkpoint,
+                self.device,
+                self.dtype,
+                self.n_ctx,
+                gpu_layers,
+                (cache_type_k, cache_type_v),
+            )
         self.model = loaded.model
         self.placement = loaded.placement
         self.dtype = self.model.tok_embeddings.weight.dtype

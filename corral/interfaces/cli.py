@@ -12,6 +12,7 @@ from corral.chat.presets import SYSTEM_PRESETS
 from corral.errors import CorralError
 from corral.interfaces.server.serve import add_parser as add_serve_parser
 from corral.interfaces.server.serve import run as cmd_serve
+from corral.model.kv_cache import CACHE_TYPES
 from corral.sampling.errors import SamplingParamsError
 from corral.tools.bench import add_parser as add_bench_parser
 from corral.tools.bench import run as cmd_bench
@@ -32,6 +33,19 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="layers to put on the GPU, the last ones (default: as many as fit)",
     )
+    add_cache_type_args(parser)
+
+
+def add_cache_type_args(parser: argparse.ArgumentParser) -> None:
+    """llama.cpp's -ctk/-ctv: the storage type of cached keys and values."""
+    for short, name in (("-ctk", "k"), ("-ctv", "v")):
+        parser.add_argument(
+            short,
+            f"--cache-type-{name}",
+            choices=CACHE_TYPES,
+            help=f"KV cache type for {'keys' if name == 'k' else 'values'} "
+            "(default: the compute dtype, f32 on CPU, f16 on CUDA)",
+        )
 
 
 def add_chat_template_arg(parser: argparse.ArgumentParser, note: str = "") -> None:
@@ -201,6 +215,8 @@ def load_llm(args: argparse.Namespace):
         device=args.device,
         chat_template=args.chat_template,
         gpu_layers=args.gpu_layers,
+        cache_type_k=args.cache_type_k,
+        cache_type_v=args.cache_type_v,
     )
 
 

@@ -83,12 +83,10 @@ class DecodeGraphs:
         self._graphs[key] = entry
         return entry
 
-    def _save_position_zero(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _save_position_zero(self, batch: int) -> list[list[torch.Tensor]]:
         """The warm-up writes position 0 of rows 0..batch-1: keep what was there."""
-        caches = [layer.attn.cache for layer in self.model.layers]
-        return [(c.k[:batch, :, 0].clone(), c.v[:batch, :, 0].clone()) for c in caches]
+        return [layer.attn.cache.save_position(batch, 0) for layer in self.model.layers]
 
-    def _restore_position_zero(self, batch: int, saved: list) -> None:
-        for layer, (k, v) in zip(self.model.layers, saved, strict=True):
-            layer.attn.cache.k[:batch, :, 0] = k
-            layer.attn.cache.v[:batch, :, 0] = v
+    def _restore_position_zero(self, batch: int, saved: list[list[torch.Tensor]]) -> None:
+        for layer, kept in zip(self.model.layers, saved, strict=True):
+            layer.attn.cache.restore_position(batch, 0, kept)

@@ -1,4 +1,4 @@
-"""Building blocks of the Llama transformer: RMSNorm, rotary embedding, KV cache, attention, MLP.
+"""Building blocks of the Llama transformer: RMSNorm, rotary embedding, attention, MLP.
 
 Shapes use B = batch, T = new tokens, S = cached positions, H = query heads,
 Hkv = key/value heads, D = head dim, E = embedding width.
@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from corral.config import ModelConfig
+from corral.model.kv_cache import KVCache
 
 
 class RMSNorm(nn.Module):
@@ -55,58 +56,6 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     out = out.flatten(-2).to(x.dtype)  # (B, T, heads, rope_dim)
     return torch.cat((out, passthrough), dim=-1) if passthrough.numel() else out
-
-
-class KVCache(nn.Module):
-    """Static per-layer key/value cache: shapes never change, positions are written in place."""
-
-    def __init__(
-        self,
-        batch: int,
-        n_positions: int,
-        n_head_kv: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None:
-        super().__init__()
-        shape = (batch, n_head_kv, n_positions, head_dim)  # (B, Hkv, S, D)
-        for name in ("k", "v"):
-            buffer = torch.zeros(shape, dtype=dtype, device=device)
-            self.register_buffer(name, buffer, persistent=False)
-
-    def update(
-        self,
-        rows: torch.Tensor | None,
-        positions: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        end: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, Hkv, T, D) at `positions` (B or 1, T) of cache rows `rows` (B,)
-        (None: rows 0..B-1); return those rows' cache up to position `end`."""
-        batch = k.shape[0]
-        if rows is None and positions.shape[0] == 1:  # one shared run of positions: views
-            self.k[:batch, :, positions[0]] = k
-            self.v[:batch, :, positions[0]] = v
-            return self.k[:batch, :, :end], self.v[:batch, :, :end]
-        if rows is None:
-            rows = torch.arange(batch, device=k.device)
-        index = rows[:, None].expand(batch, positions.shape[1])  # (B, T)
-        positions = positions.expand(batch, -1)  # (B, T)
-        self.k[index, :, positions] = k.transpose(1, 2)  # indexed view: (B, T, Hkv, D)
-        self.v[index, :, positions] = v.transpose(1, 2)
-        return self.k[rows, :, :end], self.v[rows, :, :end]  # (B, Hkv, end, D) copies
-
-    def share_prefix(self, n_positions: int) -> None:
-        """Copy sequence 0's first `n_positions` entries to every other sequence."""
-        self.k[1:, :, :n_positions] = self.k[:1, :, :n_positions]
-        self.v[1:, :, :n_positions] = self.v[:1, :, :n_positions]
-
-    def copy_prefix(self, source: int, target: int, n_positions: int) -> None:
-        """Copy row `source`'s first `n_positions` entries to row `target`."""
-        self.k[target, :, :n_positions] = self.k[source, :, :n_positions]
-        self.v[target, :, :n_positions] = self.v[source, :, :n_positions]
 
 
 def attention_mask(positions: torch.Tensor, end: int) -> torch.Tensor:

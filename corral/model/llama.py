@@ -7,10 +7,10 @@ from torch import nn
 
 from corral.config import ModelConfig
 from corral.model.graphs import DecodeGraphs
+from corral.model.kv_cache import KVCache, check_cache_type
 from corral.model.layers import (
     Attention,
     FeedForward,
-    KVCache,
     RMSNorm,
     attention_mask,
     rope_tables,
@@ -57,6 +57,8 @@ class Transformer(nn.Module):
         self.register_buffer("rope", torch.empty(0, config.rope_dim // 2, 2), persistent=False)
         self.n_positions = 0
         self.graphs: DecodeGraphs | None = None
+        # storage types of cached keys and values (corral.model.kv_cache; None: compute dtype)
+        self.cache_types: tuple[str | None, str | None] = (None, None)
         # the tokens whose keys/values sit in cache row 0, for a caller that reuses them
         # (corral.engine.generate); every forward and setup_cache clears it, so the caller
         # sets it again after each of its own calls and nothing stale survives other writes
@@ -67,9 +69,16 @@ class Transformer(nn.Module):
         one CUDA device); see corral.model.graphs."""
         self.graphs = DecodeGraphs(self) if enabled else None
 
+    def set_cache_types(self, key_type: str | None, value_type: str | None) -> None:
+        """Store cached keys and values as `key_type` / `value_type` (f32, f16, bf16, q8_0;
+        None: the compute dtype) from the next setup_cache on."""
+        for cache_type in (key_type, value_type):
+            check_cache_type(cache_type, self.config.head_dim)
+        self.cache_types = (key_type, value_type)
+
     def setup_cache(self, batch: int, n_positions: int) -> None:
         """Allocate the static KV cache (`batch` rows of `n_positions` tokens, each layer's
-        on that layer's device) and the RoPE table."""
+        on that layer's device, in `cache_types`) and the RoPE table."""
         dtype = self.tok_embeddings.weight.dtype
         self.n_positions = n_positions
         self.cached_tokens = []
@@ -82,6 +91,7 @@ class Transformer(nn.Module):
                 self.config.head_dim,
                 dtype,
                 layer.device,
+                self.cache_types,
             )
         if self.graphs is not None:
             self.graphs.reset()
@@ -89,7 +99,7 @@ class Transformer(nn.Module):
     @property
     def cache_batch(self) -> int:
         """How many sequences the KV cache holds."""
-        return self.layers[0].attn.cache.k.shape[0]
+        return self.layers[0].attn.cache.batch
 
     def share_prefix(self, n_positions: int) -> None:
         """Let every cached sequence start with sequence 0's first `n_positions` tokens (one

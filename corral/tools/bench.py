@@ -53,6 +53,8 @@ def positive_int(text: str) -> int:
 
 def add_parser(commands: Any) -> None:
     """Register `corral bench` on the CLI's subcommand parsers."""
+    from corral.interfaces.cli import add_cache_type_args
+
     bench = commands.add_parser("bench", help="measure prompt and generation speed")
     bench.add_argument("-m", "--model", type=Path, help="model file or folder (default: embedded)")
     add = bench.add_argument
@@ -60,6 +62,7 @@ def add_parser(commands: Any) -> None:
     add("-n", "--n-gen", type=count_list, default=[128], help="generated tokens (128; 0: skip)")
     add("-r", "--repetitions", type=positive_int, default=3, help="timed runs per test (3)")
     add("-ngl", "--n-gpu-layers", type=int, help="layers on the GPU (the rest on the CPU)")
+    add_cache_type_args(bench)
     add("-t", "--threads", type=positive_int, help="CPU threads (default: torch's)")
     add("-o", "--output", choices=("md", "json"), default="md", help="markdown table or JSON")
     add("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -133,7 +136,14 @@ def load_model(args: argparse.Namespace, n_ctx: int) -> tuple[Any, int]:
     """The LLM the options name and how many of its layers run on a GPU."""
     from corral.interfaces.api import LLM
 
-    llm = LLM(args.model, n_ctx=n_ctx, device=args.device, gpu_layers=args.n_gpu_layers)
+    llm = LLM(
+        args.model,
+        n_ctx=n_ctx,
+        device=args.device,
+        gpu_layers=args.n_gpu_layers,
+        cache_type_k=args.cache_type_k,
+        cache_type_v=args.cache_type_v,
+    )
     return llm, llm.placement.gpu_layers
 
 
@@ -167,6 +177,8 @@ def model_row(llm: Any, gpu_layers: int) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
         "dtype": str(llm.dtype).removeprefix("torch."),
         "n_gpu_layers": gpu_layers,
+        "type_k": llm.model.layers[0].attn.cache.k.cache_type,
+        "type_v": llm.model.layers[0].attn.cache.v.cache_type,
         "n_threads": torch.get_num_threads(),
         "corral_version": corral_version(),
     }

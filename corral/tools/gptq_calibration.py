@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from corral.config import ModelConfig
-from corral.model.layers import KVCache, attention_mask, rope_tables
+from corral.model.kv_cache import KVCache
+from corral.model.layers import attention_mask, rope_tables
 from corral.model.llama import Block
 from corral.quant.gptq_algorithm import HessianAccumulator
 from corral.tokenizer import Tokenizer

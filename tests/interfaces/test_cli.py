@@ -52,3 +52,18 @@ def test_missing_prompt_is_a_usage_error():
     result = corral("run")
     assert result.returncode == 2
     assert "-p/--prompt" in result.stderr
+
+
+def test_q8_0_kv_cache_runs_from_the_command_line():
+    result = corral(
+        "run", "-p", "The capital of France is", "-n", "12", "--temp", "0", "-ctk", "q8_0",
+        "-ctv", "q8_0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("The capital of France is Paris.")
+
+
+def test_unknown_kv_cache_type_is_a_usage_error():
+    result = corral("run", "-p", "x", "--cache-type-k", "q4_0")
+    assert result.returncode == 2
+    assert "--cache-type-k" in result.stderr and "q8_0" in result.stderr
