@@ -158,6 +158,7 @@ def _bind(
         dense["output.weight"] = dense["tok_embeddings.weight"]
     model.load_state_dict(dense, assign=True, strict=True)
     model.eval()
+    model.fuse_projections()
     model.set_cache_types(*cache_types)
     model.setup_cache(batch=1, n_positions=n_ctx)
     return model

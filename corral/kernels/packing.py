@@ -299,3 +299,25 @@ _PACKERS = {
     "Q5_K": _pack_q5_k,
     "Q6_K": _pack_q6_k,
 }
+
+
+def rows_concatenable(a: PackedWeight, b: PackedWeight) -> bool:
+    """True when `b`'s output rows can follow `a`'s in one weight (`concat_rows`): same
+    type, input width and fields, and for GPTQ act-order the same column order."""
+    if (a.qtype, a.shape[1], a.tensors.keys()) != (b.qtype, b.shape[1], b.tensors.keys()):
+        return False
+    return "perm" not in a.tensors or torch.equal(a.tensors["perm"], b.tensors["perm"])
+
+
+def concat_rows(weights: list[PackedWeight]) -> PackedWeight:
+    """One weight whose output rows are those of `weights` in order (several projections of
+    the same input as one matmul). Raises ValueError unless they are `rows_concatenable`."""
+    first = weights[0]
+    if not all(rows_concatenable(first, w) for w in weights[1:]):
+        raise ValueError(f"cannot concatenate {[(w.qtype, w.shape) for w in weights]}")
+    tensors = {
+        name: t if name == "perm" else torch.cat([w.tensors[name] for w in weights])
+        for name, t in first.tensors.items()
+    }  # every field but the shared column order is indexed by output row first
+    n_rows = sum(w.shape[0] for w in weights)
+    return PackedWeight(first.qtype, (n_rows, first.shape[1]), tensors)

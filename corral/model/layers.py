@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from corral.config import ModelConfig
+from corral.model.fusion import fuse_runs
 from corral.model.kv_cache import KVCache
 
 
@@ -81,7 +82,20 @@ class Attention(nn.Module):
         self.wk = nn.Linear(config.n_embd, kv_width, bias=False)
         self.wv = nn.Linear(config.n_embd, kv_width, bias=False)
         self.wo = nn.Linear(q_width, config.n_embd, bias=False)
+        self.qkv: nn.ModuleList | None = None  # wq, wk, wv fused (corral.model.fusion)
         self.cache: KVCache | None = None
+
+    def fuse_projections(self) -> None:
+        """Compute Q, K and V with as few matmuls as their storage allows (after loading)."""
+        self.qkv = fuse_runs([self.wq, self.wk, self.wv])
+        self.wq = self.wk = self.wv = None
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (..., H*D), k, v (..., Hkv*D) of x (..., E)."""
+        if self.qkv is None:
+            return self.wq(x), self.wk(x), self.wv(x)
+        q, k, v = (out for run in self.qkv for out in run(x))
+        return q, k, v
 
     def forward(
         self,
@@ -95,9 +109,10 @@ class Attention(nn.Module):
         0..B-1), attending over the first `end` cache entries where `mask` (B|1, 1, T, end)
         allows (see :func:`attention_mask`)."""
         batch, n_new, _ = x.shape
-        q = self.wq(x).view(batch, n_new, self.n_head, self.head_dim)  # (B, T, H, D)
-        k = self.wk(x).view(batch, n_new, self.n_head_kv, self.head_dim)  # (B, T, Hkv, D)
-        v = self.wv(x).view(batch, n_new, self.n_head_kv, self.head_dim)  # (B, T, Hkv, D)
+        q, k, v = self.project(x)
+        q = q.view(batch, n_new, self.n_head, self.head_dim)  # (B, T, H, D)
+        k = k.view(batch, n_new, self.n_head_kv, self.head_dim)  # (B, T, Hkv, D)
+        v = v.view(batch, n_new, self.n_head_kv, self.head_dim)  # (B, T, Hkv, D)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
         if self.cache is None:
@@ -116,6 +131,16 @@ class FeedForward(nn.Module):
         self.w_gate = nn.Linear(config.n_embd, config.n_ff, bias=False)
         self.w_up = nn.Linear(config.n_embd, config.n_ff, bias=False)
         self.w_down = nn.Linear(config.n_ff, config.n_embd, bias=False)
+        self.gate_up: nn.ModuleList | None = None  # w_gate, w_up fused (corral.model.fusion)
+
+    def fuse_projections(self) -> None:
+        """Compute gate and up with one matmul when their storage allows (after loading)."""
+        self.gate_up = fuse_runs([self.w_gate, self.w_up])
+        self.w_gate = self.w_up = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+        if self.gate_up is None:
+            gate, up = self.w_gate(x), self.w_up(x)
+        else:
+            gate, up = (out for run in self.gate_up for out in run(x))
+        return self.w_down(F.silu(gate) * up)

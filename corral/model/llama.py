@@ -69,6 +69,13 @@ class Transformer(nn.Module):
         one CUDA device); see corral.model.graphs."""
         self.graphs = DecodeGraphs(self) if enabled else None
 
+    def fuse_projections(self) -> None:
+        """Fuse every layer's Q/K/V and gate/up projections (corral.model.fusion); call
+        once, after the weights are bound."""
+        for layer in self.layers:
+            layer.attn.fuse_projections()
+            layer.ffn.fuse_projections()
+
     def set_cache_types(self, key_type: str | None, value_type: str | None) -> None:
         """Store cached keys and values as `key_type` / `value_type` (f32, f16, bf16, q8_0;
         None: the compute dtype) from the next setup_cache on."""

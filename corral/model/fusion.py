@@ -1,0 +1,69 @@
+"""Projections that read the same input, fused into one matmul at load.
+
+Attention's Q, K and V projections all read the normed hidden state, and so do the MLP's
+gate and up projections. Concatenating their weights along the output rows turns three
+(two) matmuls into one: one kernel launch and one pass over the activations, and a wider
+output for the kernel to spread over the GPU. Weights fuse when they are stored alike
+(dense weights of one dtype and device; packed weights of one quant type, see
+`corral.kernels.packing.concat_rows`); a run of consecutive projections that fuse becomes
+one `SplitLinear`, so a Q4_K_M layer whose V is Q6_K fuses Q and K and keeps V apart.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from corral.kernels.packing import concat_rows, rows_concatenable
+from corral.quant.linear import PackedLinear
+
+
+class SplitLinear(nn.Module):
+    """One linear computing several projections: its output split by `sizes`."""
+
+    def __init__(self, linear: nn.Module, sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.linear = linear
+        self.sizes = list(sizes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x (..., K) -> one (..., size) output per projection, views of one matmul."""
+        return self.linear(x).split(self.sizes, dim=-1)
+
+
+def fusable(a: nn.Module, b: nn.Module) -> bool:
+    """True when linears `a` and `b` (same input) can be one matmul: dense weights of one
+    dtype and device, or packed weights `rows_concatenable`."""
+    if type(a) is nn.Linear and type(b) is nn.Linear:
+        wa, wb = a.weight, b.weight
+        no_bias = a.bias is None and b.bias is None
+        return no_bias and (wa.dtype, wa.device, wa.shape[1]) == (wb.dtype, wb.device, wb.shape[1])
+    if isinstance(a, PackedLinear) and isinstance(b, PackedLinear):
+        return rows_concatenable(a.packed, b.packed)
+    return False
+
+
+def fuse(modules: Sequence[nn.Module]) -> nn.Module:
+    """The `fusable` linears `modules` as one whose output rows are theirs in order."""
+    if isinstance(modules[0], PackedLinear):
+        return PackedLinear(concat_rows([m.packed for m in modules]))
+    weight = torch.cat([m.weight for m in modules])  # (sum of N, K)
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    return fused
+
+
+def fuse_runs(modules: Sequence[nn.Module]) -> nn.ModuleList:
+    """`modules` (projections of one input, in output order) as SplitLinears over the
+    longest runs of consecutive `fusable` modules; calling them in order and chaining
+    their outputs gives each module's output in order."""
+    runs: list[list[nn.Module]] = []
+    for module in modules:
+        if runs and fusable(runs[-1][-1], module):
+            runs[-1].append(module)
+        else:
+            runs.append([module])
+    return nn.ModuleList(
+        SplitLinear(run[0] if len(run) == 1 else fuse(run), [m.out_features for m in run])
+        for run in runs
+    )
