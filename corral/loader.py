@@ -159,6 +159,7 @@ def _bind(
     model.load_state_dict(dense, assign=True, strict=True)
     model.eval()
     model.fuse_projections()
+    model.use_fused_kernels()
     model.set_cache_types(*cache_types)
     model.setup_cache(batch=1, n_positions=n_ctx)
     return model

@@ -20,11 +20,27 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(dim))  # (E,)
+        self.fused = False  # one Triton kernel instead of torch ops (Transformer.use_fused_kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            from corral.kernels.triton.norm import rms_norm
+
+            return rms_norm(x, self.weight, self.eps)
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed * self.weight.float()).to(x.dtype)
+
+    def add_and_norm(
+        self, x: torch.Tensor, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + residual, its norm): a residual connection and the next sublayer's norm."""
+        if self.fused:
+            from corral.kernels.triton.norm import add_rms_norm
+
+            return add_rms_norm(x, residual, self.weight, self.eps)
+        total = x + residual
+        return total, self(total)
 
 
 def rope_tables(config: ModelConfig, n_positions: int, device: torch.device) -> torch.Tensor:
@@ -84,6 +100,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(q_width, config.n_embd, bias=False)
         self.qkv: nn.ModuleList | None = None  # wq, wk, wv fused (corral.model.fusion)
         self.cache: KVCache | None = None
+        self.fused = False  # Triton RoPE and decode attention (Transformer.use_fused_kernels)
 
     def fuse_projections(self) -> None:
         """Compute Q, K and V with as few matmuls as their storage allows (after loading)."""
@@ -113,14 +130,51 @@ class Attention(nn.Module):
         q = q.view(batch, n_new, self.n_head, self.head_dim)  # (B, T, H, D)
         k = k.view(batch, n_new, self.n_head_kv, self.head_dim)  # (B, T, Hkv, D)
         v = v.view(batch, n_new, self.n_head_kv, self.head_dim)  # (B, T, Hkv, D)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
         if self.cache is None:
             raise RuntimeError("Attention.cache is not set up: call Transformer.setup_cache")
+        if self.fused:
+            from corral.kernels.triton.rope import apply_rope_qk
+
+            q, k = apply_rope_qk(q, k, rope)
+        else:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
+        if self.fused and n_new == 1:
+            return self.wo(self.decode(q, k, v, rows, positions, mask.shape[-1]))
         k, v = self.cache.update(rows, positions, k, v, mask.shape[-1])  # (B, Hkv, end, D)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         out = out.transpose(1, 2).reshape(batch, n_new, self.n_head * self.head_dim)  # (B, T, H*D)
         return self.wo(out)
+
+    def decode(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rows: torch.Tensor | None,
+        positions: torch.Tensor,
+        end: int,
+    ) -> torch.Tensor:
+        """One new token per sequence through the flash-decoding kernel, which reads the
+        cache in place (Q8_0 codes too) up to each sequence's position: q (B, H, 1, D),
+        k, v (B, Hkv, 1, D) -> (B, 1, H*D)."""
+        from corral.kernels.triton.attention import decode_attention
+
+        batch = q.shape[0]
+        self.cache.write(rows, positions, k, v)
+        keys, values = self.cache.k.parts, self.cache.v.parts
+        out = decode_attention(
+            q[:, :, 0],  # (B, H, D)
+            keys[0],
+            values[0],
+            rows,
+            positions[:, 0].expand(batch).contiguous(),  # (B,)
+            end,
+            scale=self.head_dim**-0.5,
+            k_scales=keys[1] if self.cache.k.quantized else None,
+            v_scales=values[1] if self.cache.v.quantized else None,
+        )  # (B, H, D)
+        return out.view(batch, 1, self.n_head * self.head_dim)  # (B, 1, H*D)
 
 
 class FeedForward(nn.Module):

@@ -1,6 +1,6 @@
 """The Llama transformer: embedding, N pre-norm blocks (attention + SwiGLU), norm, LM head."""
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from torch import nn
@@ -35,8 +35,9 @@ class Block(nn.Module):
         mask: torch.Tensor,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, positions, mask, rows)
-        return x + self.ffn(self.ffn_norm(x))
+        attended = self.attn(self.attn_norm(x), rope, positions, mask, rows)
+        x, normed = self.ffn_norm.add_and_norm(attended, x)  # x + attention, its norm
+        return x + self.ffn(normed)
 
     @property
     def device(self) -> torch.device:
@@ -68,6 +69,17 @@ class Transformer(nn.Module):
         """Replay one-token decode steps from captured CUDA graphs (all layers must be on
         one CUDA device); see corral.model.graphs."""
         self.graphs = DecodeGraphs(self) if enabled else None
+
+    def use_fused_kernels(self, enabled: bool = True, devices: Collection[str] = ("cuda",)) -> None:
+        """Run RMSNorm (with the residual add before it), RoPE and one-token attention as
+        Triton kernels (corral.kernels.triton) in the parts of the model on a device of a
+        type in `devices`. Off a GPU Triton runs only in its interpreter (tests pass
+        devices=("cpu",) with TRITON_INTERPRET=1)."""
+        for layer in self.layers:
+            on = enabled and layer.device.type in devices
+            layer.attn_norm.fused = layer.ffn_norm.fused = on
+            layer.attn.fused = on and layer.attn.head_dim % 16 == 0  # the kernels' tiles
+        self.norm.fused = enabled and self.norm.weight.device.type in devices
 
     def fuse_projections(self) -> None:
         """Fuse every layer's Q/K/V and gate/up projections (corral.model.fusion); call

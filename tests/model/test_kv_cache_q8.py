@@ -25,22 +25,21 @@ from tests.fixtures.tiny_hf import tiny_llama
 Q8_0 = GGMLQuantizationType.Q8_0
 TOLERANCE = 1e-4
 # A vector within float rounding of a Q8_0 rounding boundary can get the neighbouring code
-# in one implementation and not the other (seen: one code in ~10^4 values). Its effect on
-# the logits is bounded by FLIP_TOLERANCE, far below what q8_0 rounding itself moves them
-# (> 0.08 in every case here); most positions must still agree to TOLERANCE.
+# in one implementation and not the other (seen: about one code in 10^4 values). Its
+# effect on the logits stays below FLIP_TOLERANCE, far below what q8_0 rounding itself
+# moves them (max > 0.08, mean > 0.01 in every case here), and the mean error below
+# TOLERANCE.
 FLIP_TOLERANCE = 0.02
 
 
 def assert_equal_up_to_code_flips(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """actual, expected (T, V): equal to TOLERANCE at >= 75% of positions, FLIP_TOLERANCE
-    everywhere."""
-    error = (actual - expected).abs().amax(-1)  # (T,)
+    """actual, expected (T, V): max error below FLIP_TOLERANCE, mean error below TOLERANCE."""
+    error = (actual - expected).abs()
     assert error.max().item() < FLIP_TOLERANCE
-    assert (error < TOLERANCE).float().mean().item() >= 0.75
+    assert error.mean().item() < TOLERANCE
 
 
-HEAD_DIM = 32
-SETTINGS = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2)
+SETTINGS = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2)  # head dim 32
 
 
 def gguf_q8_0(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -145,7 +144,8 @@ def test_logits_equal_transformers_with_q8_0_rounding(tmp_path, cache_types):
         rows.append(model(ids[:, position : position + 1], position)[0])  # (1, V)
     stepped = torch.cat(rows)
     plain = hf_logits(hf, ids, (None, None))[0]
-    assert (plain - expected).abs().max() > 4 * FLIP_TOLERANCE, "rounding too small to detect"
+    rounding = (plain - expected).abs()
+    assert rounding.max() > 4 * FLIP_TOLERANCE and rounding.mean() > 50 * TOLERANCE
     assert_equal_up_to_code_flips(full, expected)
     assert_equal_up_to_code_flips(stepped, expected)
 
