@@ -4,6 +4,8 @@ Shapes use B = batch, T = new tokens, S = cached positions, H = query heads,
 Hkv = key/value heads, D = head dim, E = embedding width.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,12 +77,26 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return torch.cat((out, passthrough), dim=-1) if passthrough.numel() else out
 
 
-def attention_mask(positions: torch.Tensor, end: int) -> torch.Tensor:
-    """(B|1, 1, T, end) boolean: each query attends to cache entries up to its own position
-    (causal, and blind to stale entries past it: a reused cache row, or a CUDA graph that
-    attends over a fixed `end`). Built once per step and shared by every layer."""
+@dataclass(frozen=True)
+class AttentionSpan:
+    """The cache entries a step's new tokens attend to: the first `end`, where `mask`
+    (B|1, 1, T, end) allows. mask None: the new tokens are positions 0..T-1 of every
+    sequence (end = T), plain causal attention, which SDPA runs as flash attention."""
+
+    end: int
+    mask: torch.Tensor | None
+
+
+def attention_span(positions: torch.Tensor, end: int) -> AttentionSpan:
+    """The span of new tokens at `positions` (B|1, T) with cache entries below `end`: each
+    query attends to entries up to its own position (causal, and blind to stale entries
+    past it: a reused cache row, or a CUDA graph that attends over a fixed `end`). Built
+    once per step and shared by every layer."""
+    if end == positions.shape[1]:  # positions < end = T: every sequence starts at 0
+        return AttentionSpan(end, None)
     key_pos = torch.arange(end, device=positions.device)
-    return (key_pos[None, None, :] <= positions[:, :, None])[:, None]
+    mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # (B|1, 1, T, end)
+    return AttentionSpan(end, mask)
 
 
 class Attention(nn.Module):
@@ -119,12 +135,11 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: torch.Tensor,
         positions: torch.Tensor,
-        mask: torch.Tensor,
+        span: AttentionSpan,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: (B, T, E) at `positions` (B or 1, T) of KV cache rows `rows` (B,) (None: rows
-        0..B-1), attending over the first `end` cache entries where `mask` (B|1, 1, T, end)
-        allows (see :func:`attention_mask`)."""
+        0..B-1), attending over the cache entries of `span` (see :func:`attention_span`)."""
         batch, n_new, _ = x.shape
         q, k, v = self.project(x)
         q = q.view(batch, n_new, self.n_head, self.head_dim)  # (B, T, H, D)
@@ -140,9 +155,16 @@ class Attention(nn.Module):
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
         if self.fused and n_new == 1:
-            return self.wo(self.decode(q, k, v, rows, positions, mask.shape[-1]))
-        k, v = self.cache.update(rows, positions, k, v, mask.shape[-1])  # (B, Hkv, end, D)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            return self.wo(self.decode(q, k, v, rows, positions, span.end))
+        k, v = self.cache.update(rows, positions, k, v, span.end)  # (B, Hkv, end, D)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=span.mask,
+            is_causal=span.mask is None,
+            enable_gqa=self.n_head != self.n_head_kv,
+        )
         out = out.transpose(1, 2).reshape(batch, n_new, self.n_head * self.head_dim)  # (B, T, H*D)
         return self.wo(out)
 

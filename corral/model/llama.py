@@ -10,9 +10,10 @@ from corral.model.graphs import DecodeGraphs
 from corral.model.kv_cache import KVCache, check_cache_type
 from corral.model.layers import (
     Attention,
+    AttentionSpan,
     FeedForward,
     RMSNorm,
-    attention_mask,
+    attention_span,
     rope_tables,
 )
 
@@ -32,10 +33,10 @@ class Block(nn.Module):
         x: torch.Tensor,
         rope: torch.Tensor,
         positions: torch.Tensor,
-        mask: torch.Tensor,
+        span: AttentionSpan,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        attended = self.attn(self.attn_norm(x), rope, positions, mask, rows)
+        attended = self.attn(self.attn_norm(x), rope, positions, span, rows)
         x, normed = self.ffn_norm.add_and_norm(attended, x)  # x + attention, its norm
         return x + self.ffn(normed)
 
@@ -180,9 +181,9 @@ class Transformer(nn.Module):
             device = layer.device
             if device not in inputs:  # once per device (partial offload: several)
                 moved = [None if t is None else t.to(device) for t in (rope, positions, rows)]
-                inputs[device] = (*moved, attention_mask(moved[1], end))
-            layer_rope, layer_positions, layer_rows, mask = inputs[device]
-            x = layer(x.to(device), layer_rope, layer_positions, mask, layer_rows)
+                inputs[device] = (*moved, attention_span(moved[1], end))
+            layer_rope, layer_positions, layer_rows, span = inputs[device]
+            x = layer(x.to(device), layer_rope, layer_positions, span, layer_rows)
         if last_only:
             x = x[:, -1:]  # (B, 1, E)
         x = x.to(self.norm.weight.device)

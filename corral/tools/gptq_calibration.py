@@ -20,7 +20,7 @@ from torch import nn
 
 from corral.config import ModelConfig
 from corral.model.kv_cache import KVCache
-from corral.model.layers import attention_mask, rope_tables
+from corral.model.layers import attention_span, rope_tables
 from corral.model.llama import Block
 from corral.quant.gptq_algorithm import HessianAccumulator
 from corral.tokenizer import Tokenizer
@@ -100,7 +100,7 @@ class LayerRunner:
         )
         self.positions = torch.arange(seq_len, device=device)[None]  # (1, T)
         self.rope = rope_tables(config, seq_len, device)[self.positions]  # (1, T, rd/2, 2)
-        self.mask = attention_mask(self.positions, seq_len)  # (1, 1, T, T): causal
+        self.span = attention_span(self.positions, seq_len)  # causal
 
     def _layout(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         """An HF weight as corral's Block wants it: float32, Q/K rows interleaved."""
@@ -122,7 +122,7 @@ class LayerRunner:
         out = torch.empty_like(hidden)
         for first in range(0, hidden.shape[0], self.batch_size):
             batch = hidden[first : first + self.batch_size]  # (b, T, E)
-            layer_out = self.block(batch, self.rope, self.positions, self.mask)  # (b, T, E)
+            layer_out = self.block(batch, self.rope, self.positions, self.span)  # (b, T, E)
             out[first : first + len(batch)] = layer_out
         return out
 
