@@ -181,16 +181,20 @@ class Attention(nn.Module):
         cache in place (Q8_0 codes too) up to each sequence's position: q (B, H, 1, D),
         k, v (B, Hkv, 1, D) -> (B, 1, H*D)."""
         from corral.kernels.triton.attention import decode_attention
+        from corral.kernels.triton.kv_store import store_token
 
         batch = q.shape[0]
-        self.cache.write(rows, positions, k, v)
+        token_positions = positions[:, 0].expand(batch).contiguous()  # (B,)
+        for cache, new in ((self.cache.k, k), (self.cache.v, v)):
+            scales = cache.parts[1] if cache.quantized else None
+            store_token(new[:, :, 0], cache.parts[0], scales, rows, token_positions)
         keys, values = self.cache.k.parts, self.cache.v.parts
         out = decode_attention(
             q[:, :, 0],  # (B, H, D)
             keys[0],
             values[0],
             rows,
-            positions[:, 0].expand(batch).contiguous(),  # (B,)
+            token_positions,
             end,
             scale=self.head_dim**-0.5,
             k_scales=keys[1] if self.cache.k.quantized else None,

@@ -10,7 +10,6 @@ from the float32 reference rounded to their dtype (both sides compute in float32
 they differ by rounding only).
 """
 
-import os
 from collections.abc import Callable
 
 import pytest
@@ -25,29 +24,6 @@ from corral.model import layers
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 EPS = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def gpu_bfloat16_rounding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Triton 3.6's interpreter casts float32 to bfloat16 by truncation, where the GPU
-    (cvt.rn) rounds to nearest even, as torch does: round here as the GPU does, so that
-    bfloat16 results can be held to 1 ulp and the residual sum compared exactly."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        return
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter
-
-    cast = interpreter.InterpreterBuilder.cast_impl
-
-    def cast_rounding(self, src, dst_type):
-        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            bits = np.asarray(src.data, dtype=np.float32).view(np.uint32).astype(np.uint64)
-            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
-            return interpreter.TensorHandle(bits.astype(np.uint16), tl.bfloat16)
-        return cast(self, src, dst_type)
-
-    monkeypatch.setattr(interpreter.InterpreterBuilder, "cast_impl", cast_rounding)
 
 
 def randn(*shape: int, dtype: torch.dtype, device: str, seed: int = 0) -> torch.Tensor:
