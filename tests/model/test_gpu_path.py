@@ -12,6 +12,9 @@ from corral.engine.requests import EngineRequest, TokenEvent
 from corral.engine.scheduler import Engine
 from corral.quant.linear import PackedLinear
 from corral.sampling import SamplingParams
+from tests.fixtures.tiny_gguf import write_llama_gguf
+from tests.fixtures.tiny_hf import tiny_llama
+from tests.model.test_kv_cache_q8 import SETTINGS, hf_logits
 from tests.model.test_llama_cpp_golden import (
     SMOLLM2_NEAR_TIE,
     TINY_LLAMA_CPP_TOLERANCE,
@@ -24,6 +27,7 @@ from tests.model.test_llama_cpp_golden import (
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 BF16_TOLERANCE = 0.5  # a CPU/GPU split model computes in bfloat16
+FP16_TOLERANCE = 0.05  # float16 compute against transformers' float32, logits of size ~4
 
 
 def greedy(llm, prompt, n):
@@ -104,3 +108,22 @@ def test_embedded_model_on_gpu_follows_llama_cpp_and_the_cpu_path():
         until = int(near[0]) if len(near) else len(reference)
         assert ours[:until] == reference[:until], name
     assert all(confident_agree) and len(confident_agree) > 100
+
+
+def test_q8_0_cache_on_gpu_matches_transformers(tmp_path):
+    """The fused decode path on the GPU (Triton cache write and flash-decoding over q8_0
+    codes, inside CUDA graphs) against transformers with Q8_0-rounded keys and values."""
+    hf = tiny_llama(seed=25, **SETTINGS)
+    path = tmp_path / "model.gguf"
+    write_llama_gguf(path, hf.config, hf.state_dict())
+    llm = corral.load(path, device="cuda", n_ctx=64, cache_type_k="q8_0", cache_type_v="q8_0")
+    assert llm.model.layers[0].attn.fused and llm.model.graphs is not None
+    ids = torch.randint(3, 320, (1, 24), generator=torch.Generator().manual_seed(26))
+    expected = hf_logits(hf, ids, ("q8_0", "q8_0"))[0]  # (T, V)
+    on_gpu = ids.cuda()
+    rows = [llm.model(on_gpu[:, :16], 0)[0]]  # (16, V)
+    for position in range(16, 24):
+        rows.append(llm.model(on_gpu[:, position : position + 1], position)[0])  # (1, V)
+    actual = torch.cat(rows).float().cpu()
+    assert (actual - expected).abs().max().item() < FP16_TOLERANCE
+    assert (actual.argmax(-1) == expected.argmax(-1)).all()
