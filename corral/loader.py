@@ -217,10 +217,10 @@ def build_model(
 
     On the CPU, quantized weights are dequantized at load, one at a time. On CUDA, GGUF
     and GPTQ matrices stay quantized (PackedLinear: fused dequantize-and-multiply kernels;
-    the few GPTQ layouts the kernels refuse, such as 2/3-bit with groups of 32, are
-    dequantized) and the layers are placed by corral.placement: all of them, `gpu_layers`
-    of them (llama.cpp's -ngl: the last ones, the rest on the CPU), or as many as free GPU
-    memory holds.
+    the few GPTQ layouts the kernels refuse, such as 2/3-bit with groups of 16, are
+    dequantized, see corral.kernels.gptq) and the layers are placed by corral.placement:
+    all of them, `gpu_layers` of them (llama.cpp's -ngl: the last ones, the rest on the
+    CPU), or as many as free GPU memory holds.
     """
     if n_ctx <= 0:
         raise ValueError(f"the context size must be positive, got {n_ctx}")

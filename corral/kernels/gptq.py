@@ -7,7 +7,8 @@ group of every input column (`g_idx`; act-order shuffles it). Its values are
     w[n, k] = scale[g, n] * (q[k, n] - zero[g, n]),   g = g_idx[k].
 
 `pack_gptq` turns it into a `PackedWeight` that the GGUF kernels read unchanged
-(corral.kernels.packing's words of 4 int32, weight 4 j + w = field j of word w):
+(corral.kernels.packing's words of 4 int32, a *word group*: weight 4 j + w = field j of
+word w):
 
 - act-order: the input columns are sorted by group once (a stable argsort of g_idx,
   kept as `perm`), so every group is a contiguous run of columns; at call time the
@@ -16,20 +17,41 @@ group of every input column (`g_idx`; act-order shuffles it). Its values are
   strided load per field;
 - 3-bit codes, whose runs of 32 straddle words, are split into 2 low bits (`qs`) and 1
   high bit (`qh`), the layout of Q3_K: 3 bits per weight, no word crossing;
-- one fp16 scale and one integer zero point per (row, group): the kernels compute
-  a = scale, b = -scale * zero exactly in float32 (the GPTQ_ZERO scale kind).
+- one scale (the checkpoint's float dtype) and one integer zero point per (row, group):
+  the kernels compute a = scale, b = -scale * zero in float32 (exact for fp16 and bf16
+  scales).
 
-| bits | group | qs (int32)      | qh              | d (scale)   | zeros                  |
-|------|-------|-----------------|-----------------|-------------|------------------------|
-|    2 |    64 | (N, K/64, 4) 2b |                 | (N, K/gs)   | u8 (N, K/gs)           |
-|    3 |    64 | (N, K/64, 4) 2b | i16 (N,K/64,4)  | (N, K/gs)   | u8 (N, K/gs)           |
-|    4 |    32 | (N, K/32, 4) 4b |                 | (N, K/gs)   | u8 (N, K/gs)           |
-|    8 |    16 | (N, K/16, 4) 8b |                 | (N, K/gs)   | i16 (N, K/gs) [1]      |
+| bits | groups gs   | qs (int32)      | qh              | d (scale)   | zeros                  |
+|------|-------------|-----------------|-----------------|-------------|------------------------|
+|    2 | 32, 64 m    | (N, K/64, 4) 2b |                 | (N, K/gs)   | u8 (N, K/gs)           |
+|    3 | 32, 64 m    | (N, K/64, 4) 2b | i16 (N,K/64,4)  | (N, K/gs)   | u8 (N, K/gs)           |
+|    4 | 16, 32 m    | (N, K/32, 4) 4b |                 | (N, K/gs)   | u8 (N, K/gs)           |
+|    8 | 16 m        | (N, K/16, 4) 8b |                 | (N, K/gs)   | i16 (N, K/gs) [1]      |
 
 `perm` (int32, (K,)) is present only when g_idx is not already sorted. gs is the GPTQ
-group size (K for "-1"); it must be a multiple of the 4-word group and divide K, which
-holds for the usual 32/64/128/-1 except 2- and 3-bit weights with groups of 32: those
-(and g_idx that does not sort into equal groups) are refused by `gptq_layout_error`.
+group size (K for "-1"); K must be a multiple of gs and of the word group (64 weights
+for 2/3 bits, 32 for 4, 16 for 8). The kernels read the scales in one of two ways
+(`scale_pairs`, corral.kernels.triton.decode's GPTQ_ZERO and GPTQ_ZERO2):
+
+- gs a multiple m of the word group (GPTQ_ZERO): one (scale, zero) per m word groups;
+- gs half a word group, 2/3-bit groups of 32 and 4-bit groups of 16 (GPTQ_ZERO2): two
+  (scale, zero) per word group, one per sub-block of 16 fields of each word (8 for
+  4-bit), like Q6_K's two sub-block scales. Per word group the kernels load both scales
+  as one int32 (int64 for float32 scales) and both zero points as one int16: as many
+  loads as for groups of 64, a few more instructions per word group, none per weight.
+
+This covers the group sizes GPTQ checkpoints use (32, 64, 128, -1, with or without
+act-order) at the same bits per weight as the file. `gptq_layout_error` refuses the
+rest, which the loader then dequantizes at load:
+- 2/3-bit groups of 16 (four (scale, zero) per word group) and 8-bit groups of 8 (two,
+  but with 16-bit zero points): each would need another scale kind, and no published
+  checkpoint uses them;
+- groups that neither divide nor are multiples of the word group (2/3-bit groups of 96,
+  4-bit groups of 48): such a group straddles word groups, while the kernels look the
+  scales up per word group (or half of one);
+- K not a multiple of gs (AutoGPTQ then makes the last group short) or of the word group;
+- g_idx that does not sort into equal runs of consecutive columns.
+
 Bytes per weight: 4-bit, group 128: 0.5 + 3/128 (the file: 0.5 + 2.5/128).
 
 [1] AutoGPTQ's "gptq" format stores zero - 1, so a zero of 0 reads back as 2^bits: 256
@@ -70,8 +92,14 @@ def word_group(bits: int) -> int:
     return 4 * 32 // split_bits(bits)[0]
 
 
+def scale_pairs(bits: int, group_size: int) -> int:
+    """(scale, zero) pairs per word group: 2 for 2/3/4-bit groups of half a word group
+    (see the module docs), else 1."""
+    return 2 if bits < 8 and 2 * group_size == word_group(bits) else 1
+
+
 def gptq_layout_error(bits: int, group_size: int, g_idx: torch.Tensor) -> str | None:
-    """Why a GPTQ weight cannot take the kernel layout, or None when it can.
+    """Why a GPTQ weight cannot take the kernel layout, or None when it can (module docs).
 
     `group_size` is the checkpoint's (K for -1); `g_idx` (K,) the group of every column.
     """
@@ -79,10 +107,12 @@ def gptq_layout_error(bits: int, group_size: int, g_idx: torch.Tensor) -> str | 
     if bits not in GPTQ_BITS:
         return f"{bits}-bit GPTQ weights are not supported (only {GPTQ_BITS})"
     per_words = word_group(bits)
-    if k == 0 or k % group_size or group_size % per_words:
+    divides = group_size > 0 and k > 0 and k % per_words == 0 and k % group_size == 0
+    if not (divides and (group_size % per_words == 0 or scale_pairs(bits, group_size) == 2)):
+        sizes = f"multiples of {per_words}" + (f" or {per_words // 2}" if bits < 8 else "")
         return (
             f"{bits}-bit GPTQ with group size {group_size} and {k} inputs: the kernels need "
-            f"groups that divide K and are multiples of {per_words}"
+            f"K a multiple of {per_words} and groups that divide K and are {sizes}"
         )
     ordered = torch.sort(g_idx.to(torch.int64), stable=True).values  # (K,)
     expected = torch.arange(k, device=g_idx.device) // group_size  # (K,)

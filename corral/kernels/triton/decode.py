@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from corral.kernels.gptq import parse_gptq_qtype, split_bits, word_group
+from corral.kernels.gptq import parse_gptq_qtype, scale_pairs, split_bits, word_group
 
 # How a type's (a, b) per sub-block come from its scale fields (see packing.py's table).
 LEGACY = tl.constexpr(0)  # a = d, b = -offset * d                    (Q4_0, Q5_0, Q8_0)
@@ -31,6 +31,7 @@ NIBBLE_SC_MIN = tl.constexpr(2)  # a = d sc, b = -dmin m; sc | m << 4 per byte  
 SIGNED_SC = tl.constexpr(3)  # a = d sc, b = -offset a; int8 sc per byte   (Q3_K, Q6_K)
 BYTE_SC_MIN = tl.constexpr(4)  # a = d sc, b = -dmin m; sc | m << 8 per group  (Q4_K, Q5_K)
 GPTQ_ZERO = tl.constexpr(5)  # a = d, b = -d z; integer zero point z in `zeros`     (GPTQ)
+GPTQ_ZERO2 = tl.constexpr(6)  # a = d | sc (sub-block 0 | 1), b = -a z; z byte s of dmin (GPTQ)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ class KernelType:
 
 class _KernelTypes(dict):
     """qtype -> KernelType; GPTQ qtypes ("GPTQ4g128", see corral.kernels.gptq) are built
-    on first use: GPTQ_ZERO scales, one (scale, zero) per group of `group size` weights."""
+    on first use: one (scale, zero) per group of `group size` weights, GPTQ_ZERO2 when
+    that is half a group of 4 words (two sub-blocks), else GPTQ_ZERO."""
 
     def __missing__(self, qtype: str) -> KernelType:
         parsed = parse_gptq_qtype(qtype)
@@ -60,7 +62,10 @@ class _KernelTypes(dict):
             raise KeyError(qtype)
         bits, group_size = parsed
         low, high = split_bits(bits)
-        kt = KernelType(low, high, 1, group_size // word_group(bits), GPTQ_ZERO.value, 0)
+        if scale_pairs(bits, group_size) == 2:
+            kt = KernelType(low, high, 2, 1, GPTQ_ZERO2.value, 0)
+        else:
+            kt = KernelType(low, high, 1, group_size // word_group(bits), GPTQ_ZERO.value, 0)
         self[qtype] = kt
         return kt
 
@@ -130,20 +135,60 @@ def field_as_float(W, H, j: tl.constexpr, BITS: tl.constexpr, HBITS: tl.constexp
 def load_meta(SC, D, DM, rows, groups, n_groups, mask, KIND: tl.constexpr, D_DIV: tl.constexpr):
     """Scale fields of `groups` (any shape broadcasting with `rows`): (sc, d, dmin).
 
-    `sc` is the raw int32 scale entry (0 for legacy types and GPTQ); `dmin` is `m` for
-    LEGACY_MIN types, the zero point for GPTQ_ZERO and 0 where a type has none.
+    `sc` is the raw int32 scale entry (0 for legacy types and GPTQ_ZERO); `dmin` is `m`
+    for LEGACY_MIN types, the zero point for GPTQ_ZERO and 0 where a type has none.
+    GPTQ_ZERO2 (D_DIV 1) gives the scales of sub-blocks 0 and 1 as d and sc (float32),
+    and both zero points as dmin (int32: byte s is sub-block s's).
     """
     d_off = rows * (n_groups // D_DIV) + groups // D_DIV
-    d = tl.load(D + d_off, mask=mask, other=0.0).to(tl.float32)
-    if KIND == LEGACY_MIN or KIND == NIBBLE_SC_MIN or KIND == BYTE_SC_MIN or KIND == GPTQ_ZERO:
-        dm = tl.load(DM + d_off, mask=mask, other=0).to(tl.float32)
+    if KIND == GPTQ_ZERO2:
+        D2, DM2 = gptq_pairs(D, DM)
+        d, sc = split_scales(tl.load(D2 + d_off, mask=mask, other=0), D.dtype.element_ty)
+        dm = tl.load(DM2 + d_off, mask=mask, other=0).to(tl.int32)
     else:
-        dm = tl.zeros_like(d)
-    if KIND >= NIBBLE_SC_MIN and KIND <= BYTE_SC_MIN:
-        sc = tl.load(SC + rows * n_groups + groups, mask=mask, other=0).to(tl.int32)
-    else:
-        sc = tl.zeros_like(d).to(tl.int32)
+        d = tl.load(D + d_off, mask=mask, other=0.0).to(tl.float32)
+        if KIND == LEGACY_MIN or KIND == NIBBLE_SC_MIN or KIND == BYTE_SC_MIN or KIND == GPTQ_ZERO:
+            dm = tl.load(DM + d_off, mask=mask, other=0).to(tl.float32)
+        else:
+            dm = tl.zeros_like(d)
+        if KIND >= NIBBLE_SC_MIN and KIND <= BYTE_SC_MIN:
+            sc = tl.load(SC + rows * n_groups + groups, mask=mask, other=0).to(tl.int32)
+        else:
+            sc = tl.zeros_like(d).to(tl.int32)
     return sc, d, dm
+
+
+@triton.jit
+def gptq_pairs(D, DM):
+    """GPTQ_ZERO2's scales D and u8 zero points DM, each row-major (N, 2 n_groups), as
+    pointers to one integer per group of 4 words holding both of its entries (sub-block
+    0's in the low half): an int32 (int64 for float32 scales) and an int16. Both tensors
+    are allocations of their own (`pack_gptq`, `concat_rows`), so these are aligned.
+
+    One load per group and field, contiguous along groups like GPTQ_ZERO's, so the
+    compiler lays the scales out like the quants (two stride-2 loads of the scales got
+    a layout by rows instead, and a shuffle through shared memory, on sm_90).
+    """
+    if D.dtype.element_ty.primitive_bitwidth == 32:
+        D2 = D.to(tl.pointer_type(tl.int64))
+    else:
+        D2 = D.to(tl.pointer_type(tl.int32))
+    return D2, DM.to(tl.pointer_type(tl.int16))
+
+
+@triton.jit
+def split_scales(pair, DT: tl.constexpr):
+    """The two scales of dtype DT in `pair` (from `gptq_pairs`) as float32 (low, high)."""
+    if DT == tl.float32:
+        low = pair.to(tl.int32).to(tl.float32, bitcast=True)
+        high = (pair >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    elif DT == tl.bfloat16:  # a bfloat16 is the top half of a float32
+        low = (pair << 16).to(tl.float32, bitcast=True)
+        high = (pair & -65536).to(tl.float32, bitcast=True)
+    else:
+        low = pair.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        high = (pair >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return low, high
 
 
 @triton.jit
@@ -165,6 +210,12 @@ def sub_block_ab(sc, d, dm, s: tl.constexpr, KIND: tl.constexpr, OFFSET: tl.cons
     elif KIND == GPTQ_ZERO:
         a = d
         b = -(d * dm)  # exact: an fp16 scale times an integer below 2**9
+    elif KIND == GPTQ_ZERO2:
+        if s == 0:
+            a = d
+        else:
+            a = sc
+        b = -(a * ((dm >> (8 * s)) & 0xFF).to(tl.float32))  # as GPTQ_ZERO's
     else:
         a = d * (sc & 0xFF).to(tl.float32)
         b = -(dm * ((sc >> 8) & 0xFF).to(tl.float32))

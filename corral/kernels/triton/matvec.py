@@ -33,12 +33,15 @@ from corral.kernels.packing import PackedWeight
 from corral.kernels.triton.decode import (
     BYTE_SC_MIN,
     GPTQ_ZERO,
+    GPTQ_ZERO2,
     KERNEL_TYPES,
     LEGACY_MIN,
     NIBBLE_SC_MIN,
     ONE_BITS,
     field_as_float,
+    gptq_pairs,
     kernel_args,
+    split_scales,
     sub_block_ab,
 )
 
@@ -103,15 +106,20 @@ def _load_scales(
     d_off = rows3 * (n_groups // D_DIV) + gi3 // D_DIV  # (1, BN, G)
     if D_DIV > 1:
         d_off = tl.max_contiguous(d_off, [1, 1, gi3.shape[2]])
-    d = _load_masked(D + d_off, mask, EVEN).to(tl.float32)
-    if KIND == LEGACY_MIN or KIND == NIBBLE_SC_MIN or KIND == BYTE_SC_MIN or KIND == GPTQ_ZERO:
-        dm = _load_masked(DM + d_off, mask, EVEN).to(tl.float32)
+    if KIND == GPTQ_ZERO2:
+        D2, DM2 = gptq_pairs(D, DM)
+        d, sc = split_scales(_load_masked(D2 + d_off, mask, EVEN), D.dtype.element_ty)
+        dm = _load_masked(DM2 + d_off, mask, EVEN).to(tl.int32)
     else:
-        dm = tl.zeros_like(d)
-    if KIND >= NIBBLE_SC_MIN and KIND <= BYTE_SC_MIN:
-        sc = _load_masked(SC + rows3 * n_groups + gi3, mask, EVEN).to(tl.int32)
-    else:
-        sc = tl.zeros_like(d).to(tl.int32)
+        d = _load_masked(D + d_off, mask, EVEN).to(tl.float32)
+        if KIND == LEGACY_MIN or KIND == NIBBLE_SC_MIN or KIND == BYTE_SC_MIN or KIND == GPTQ_ZERO:
+            dm = _load_masked(DM + d_off, mask, EVEN).to(tl.float32)
+        else:
+            dm = tl.zeros_like(d)
+        if KIND >= NIBBLE_SC_MIN and KIND <= BYTE_SC_MIN:
+            sc = _load_masked(SC + rows3 * n_groups + gi3, mask, EVEN).to(tl.int32)
+        else:
+            sc = tl.zeros_like(d).to(tl.int32)
     return sc, d, dm
 
 
