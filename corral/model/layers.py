@@ -80,19 +80,24 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class AttentionSpan:
     """The cache entries a step's new tokens attend to: the first `end`, where `mask`
-    (B|1, 1, T, end) allows. mask None: the new tokens are positions 0..T-1 of every
-    sequence (end = T), plain causal attention, which SDPA runs as flash attention."""
+    (B|1, 1, T, end) allows. Without a mask SDPA needs none (and runs flash attention):
+    `causal`, the new tokens are positions 0..T-1 of every sequence (end = T); not causal,
+    one new token whose position is end - 1, so it attends to every entry below `end`."""
 
     end: int
     mask: torch.Tensor | None
+    causal: bool = False
 
 
-def attention_span(positions: torch.Tensor, end: int) -> AttentionSpan:
+def attention_span(positions: torch.Tensor, end: int, exact_end: bool = False) -> AttentionSpan:
     """The span of new tokens at `positions` (B|1, T) with cache entries below `end`: each
     query attends to entries up to its own position (causal, and blind to stale entries
-    past it: a reused cache row, or a CUDA graph that attends over a fixed `end`). Built
-    once per step and shared by every layer."""
+    past it: a reused cache row, or a CUDA graph that attends over a fixed `end`).
+    `exact_end`: the caller promises end = max(positions) + 1. Built once per step and
+    shared by every layer."""
     if end == positions.shape[1]:  # positions < end = T: every sequence starts at 0
+        return AttentionSpan(end, None, causal=True)
+    if exact_end and positions.shape == (1, 1):  # one shared position: end - 1
         return AttentionSpan(end, None)
     key_pos = torch.arange(end, device=positions.device)
     mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # (B|1, 1, T, end)
@@ -162,7 +167,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=span.mask,
-            is_causal=span.mask is None,
+            is_causal=span.causal,
             enable_gqa=self.n_head != self.n_head_kv,
         )
         out = out.transpose(1, 2).reshape(batch, n_new, self.n_head * self.head_dim)  # (B, T, H*D)

@@ -161,7 +161,7 @@ class Transformer(nn.Module):
         offsets = torch.arange(n_new, device=device)  # (T,)
         positions = torch.tensor(starts, device=device)[:, None] + offsets  # (B|1, T)
         row_index = None if rows is None else torch.tensor(list(rows), device=device)  # (B,)
-        return self.step(tokens, positions, row_index, end, last_only=last_only)
+        return self.step(tokens, positions, row_index, end, last_only=last_only, exact_end=True)
 
     def step(
         self,
@@ -171,9 +171,12 @@ class Transformer(nn.Module):
         end: int,
         *,
         last_only: bool = False,
+        exact_end: bool = False,
     ) -> torch.Tensor:
         """forward() on tensors only, so a CUDA graph can capture it: `positions` (B|1, T),
-        `rows` (B,) or None, every position below `end` (a Python int fixing the shapes)."""
+        `rows` (B,) or None, every position below `end` (a Python int fixing the shapes);
+        `exact_end`: end is the largest position + 1, not a bound (lets attention skip
+        its mask; see corral.model.layers.attention_span)."""
         x = self.tok_embeddings(tokens)  # (B, T, E)
         rope = self.rope[positions.to(self.rope.device)]  # (B|1, T, rope_dim/2, 2)
         inputs: dict[torch.device, tuple] = {}
@@ -181,7 +184,7 @@ class Transformer(nn.Module):
             device = layer.device
             if device not in inputs:  # once per device (partial offload: several)
                 moved = [None if t is None else t.to(device) for t in (rope, positions, rows)]
-                inputs[device] = (*moved, attention_span(moved[1], end))
+                inputs[device] = (*moved, attention_span(moved[1], end, exact_end))
             layer_rope, layer_positions, layer_rows, span = inputs[device]
             x = layer(x.to(device), layer_rope, layer_positions, span, layer_rows)
         if last_only:
