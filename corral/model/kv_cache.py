@@ -102,6 +102,11 @@ class KVCache:
         self.k = CacheTensor.zeros(shape, cache_types[0], dtype, device)
         self.v = CacheTensor.zeros(shape, cache_types[1], dtype, device)
 
+    @property
+    def quantized(self) -> bool:
+        """True when keys or values are stored as Q8_0 blocks."""
+        return self.k.quantized or self.v.quantized
+
     def update(
         self,
         rows: torch.Tensor | None,

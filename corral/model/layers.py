@@ -161,6 +161,8 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
         if self.fused and n_new == 1:
             return self.wo(self.decode(q, k, v, rows, positions, span.end))
+        if self.fused and not (span.causal and not self.cache.quantized):
+            return self.wo(self.prefill(q, k, v, rows, positions))
         k, v = self.cache.update(rows, positions, k, v, span.end)  # (B, Hkv, end, D)
         out = F.scaled_dot_product_attention(
             q,
@@ -206,6 +208,35 @@ class Attention(nn.Module):
             v_scales=values[1] if self.cache.v.quantized else None,
         )  # (B, H, D)
         return out.view(batch, 1, self.n_head * self.head_dim)  # (B, 1, H*D)
+
+    def prefill(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rows: torch.Tensor | None,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """Several new tokens per sequence, after a cached prefix or over a q8_0 cache,
+        through the Triton attention kernel that reads the cache in place: q (B, H, T, D),
+        k, v (B, Hkv, T, D) -> (B, T, H*D). (From position 0 over a float cache, SDPA's
+        flash attention on the new keys and values is used instead.)"""
+        from corral.kernels.triton.prefill_attention import prefill_attention
+
+        batch, _, n_new, _ = q.shape
+        self.cache.write(rows, positions, k, v)
+        keys, values = self.cache.k.parts, self.cache.v.parts
+        out = prefill_attention(
+            q.transpose(1, 2),  # (B, T, H, D)
+            keys[0],
+            values[0],
+            rows,
+            positions[:, 0].expand(batch).contiguous(),  # (B,) first new position
+            scale=self.head_dim**-0.5,
+            k_scales=keys[1] if self.cache.k.quantized else None,
+            v_scales=values[1] if self.cache.v.quantized else None,
+        )  # (B, T, H, D)
+        return out.view(batch, n_new, self.n_head * self.head_dim)  # (B, T, H*D)
 
 
 class FeedForward(nn.Module):
