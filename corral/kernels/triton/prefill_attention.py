@@ -62,7 +62,7 @@ import triton
 import triton.language as tl
 
 from corral.kernels.attention_reference import check_prefill_attention_args
-from corral.kernels.triton.attention import LOG2E, _load_tile, _sm_count
+from corral.kernels.triton.attention import LOG2E, _load_tile, _scale_strides, _sm_count
 
 BLOCK_N = 64  # cache positions per key tile (16-bit queries)
 MIN_ROWS = 16  # tl.dot needs at least 16 rows (and columns)
@@ -196,11 +196,6 @@ def tile_config(
     else:
         block_m = SHORT_ROWS
     return Tiles(block_m, BLOCK_N, num_warps=8 if block_m == WIDE_ROWS else 4, num_stages=3)
-
-
-def _scale_strides(scales: torch.Tensor | None) -> tuple[int, int, int]:
-    """(row, head, position) strides of a Q8_0 scale tensor; zeros for a float cache."""
-    return (0, 0, 0) if scales is None else scales.stride()[:3]
 
 
 def prefill_attention(
