@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU checks and measurements of docs/performance.md, in stages that each fit a
+# 10-minute call on the team's GPU machine (run from the repository root):
+#
+#   benchmarks/gpu_suite.sh files     # Llama-2-shaped GGUF files into $SHAPED (7B x3, 70B)
+#   benchmarks/gpu_suite.sh tests     # the CUDA tests: GPU path, GPTQ on GPU, kernels
+#   benchmarks/gpu_suite.sh kernels   # matvec TB/s, decode attention / norm / RoPE kernels
+#   benchmarks/gpu_suite.sh bench     # corral bench pp512/tg128 on the 7B files
+#   benchmarks/gpu_suite.sh llama     # the same files side by side with llama.cpp's CUDA
+#                                     # llama-bench (benchmarks/llama_cpp_bench.py build --cuda)
+#   benchmarks/gpu_suite.sh 70b       # corral bench on the 70B Q4_K_M file
+#
+# Results go to $OUT (default ./gpu-results). PYTHON picks the interpreter (default python3).
+set -euo pipefail
+
+STAGE=${1:?usage: benchmarks/gpu_suite.sh files|tests|kernels|bench|llama|70b}
+PYTHON=${PYTHON:-python3}
+SHAPED=${SHAPED:-/tmp/shaped}
+OUT=${OUT:-gpu-results}
+SEVEN_B=(Q4_K_M Q4_0 Q8_0)
+mkdir -p "$OUT" "$SHAPED"
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+shaped() {  # shaped FILE_TYPE SHAPE: write the file once, print its path
+    local path="$SHAPED/llama-2-$2-$1.gguf"
+    [ -f "$path" ] || "$PYTHON" scripts/make_shaped_gguf.py --shape "$2" --type "$1" -o "$path" >&2
+    echo "$path"
+}
+
+case "$STAGE" in
+files)
+    for type in "${SEVEN_B[@]}"; do shaped "$type" 7B; done
+    shaped Q4_K_M 70B
+    ;;
+tests)
+    "$PYTHON" -m pytest -q -p no:cacheprovider tests/model/test_gpu_path.py \
+        tests/model/test_gptq_gpu_path.py tests/kernels 2>&1 | tail -30 | tee "$OUT/gpu_tests.txt"
+    ;;
+kernels)
+    "$PYTHON" benchmarks/kernel_bandwidth.py --types Q4_0,Q4_K,Q5_K,Q6_K,Q8_0,Q2_K,Q3_K \
+        --gptq 4g128,4g128a,3g128,2g32 2>&1 | tee "$OUT/kernel_bandwidth.txt"
+    "$PYTHON" benchmarks/decode_kernels.py --splits 64,128,256,512 2>&1 | tee "$OUT/decode_kernels.txt"
+    ;;
+bench)
+    for type in "${SEVEN_B[@]}"; do
+        "$PYTHON" -m corral.interfaces.cli bench -m "$(shaped "$type" 7B)" -p 512 -n 128 -r 3 \
+            2>&1 | tee "$OUT/bench-7B-$type.md"
+    done
+    ;;
+llama)
+    for type in "${SEVEN_B[@]}"; do
+        "$PYTHON" benchmarks/llama_cpp_bench.py run -m "$(shaped "$type" 7B)" -p 512 -n 128 -r 3 \
+            --json "$OUT/side-by-side-7B-$type.json" 2>&1 | tee "$OUT/side-by-side-7B-$type.md"
+    done
+    ;;
+70b)
+    "$PYTHON" -m corral.interfaces.cli bench -m "$(shaped Q4_K_M 70B)" -p 512 -n 128 -r 3 \
+        2>&1 | tee "$OUT/bench-70B-Q4_K_M.md"
+    ;;
+*)
+    echo "unknown stage $STAGE" >&2
+    exit 2
+    ;;
+esac
