@@ -158,9 +158,10 @@ def model_row(llm: Any, gpu_layers: int) -> dict[str, Any]:
         types = checkpoint.tensor_types()
         size = sum(path.stat().st_size for path in checkpoint.files())
     modules = list(llm.model.modules())
-    n_params = sum(p.numel() for p in llm.model.parameters()) + sum(
+    dense = {p.data_ptr(): p.numel() for p in llm.model.parameters()}  # a tied head once
+    n_params = sum(dense.values()) + sum(
         m.in_features * m.out_features for m in modules if isinstance(m, PackedLinear)
-    )  # parameters() counts a tied LM head once, as the file stores it
+    )
     matrices = Counter({name: n for name, n in types.items() if name != "F32"}) or types
     quant = FILE_TYPE_NAMES.get(llm.metadata.get("general.file_type"))
     quant = quant or matrices.most_common(1)[0][0]

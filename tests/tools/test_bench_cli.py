@@ -87,3 +87,9 @@ def test_hf_folder_report(tmp_path, capsys):
     assert all(r["model_n_params"] == hf.num_parameters() for r in records)
     size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     assert all(r["model_size"] == size for r in records)
+    tied = tiny_llama(seed=0, tie_word_embeddings=True)  # the LM head is the embedding
+    tied_folder = save_llama_folder(tmp_path / "tied", tied)
+    tied_argv = ["bench", "-m", str(tied_folder), "-p", "0", "-n", "2", "-r", "1", "-o", "json"]
+    assert main([*tied_argv, "--device", "cpu"]) == 0
+    tied_records = json.loads(capsys.readouterr().out)
+    assert tied_records[0]["model_n_params"] == tied.num_parameters()
