@@ -121,7 +121,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(q_width, config.n_embd, bias=False)
         self.qkv: nn.ModuleList | None = None  # wq, wk, wv fused (corral.model.fusion)
         self.cache: KVCache | None = None
-        self.fused = False  # Triton RoPE and decode attention (Transformer.use_fused_kernels)
+        self.fused = False  # Triton RoPE, cache writes, attention (Transformer.use_fused_kernels)
 
     def fuse_projections(self) -> None:
         """Compute Q, K and V with as few matmuls as their storage allows (after loading)."""
