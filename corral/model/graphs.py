@@ -5,6 +5,12 @@ Shapes must be static inside a graph, so a graph attends over a fixed number of 
 positions: the step's end rounded up to a bucket of BUCKET positions (the attention mask
 hides the entries past each sequence's position). Graphs are captured lazily, one per
 (batch size, bucket, rows given, per-sequence positions), and share one memory pool.
+
+A batch of several sequences in their own cache rows (the server's engine, whose batch
+size changes as requests come and go) is padded to the next power of two by repeating
+its last sequence: the copy computes the same key and value and writes them to the same
+cache entry, and its logits are dropped. So batches of 1..16 need 5 graphs per bucket,
+not 16.
 """
 
 from collections.abc import Sequence
@@ -26,6 +32,18 @@ class _Graph:
     positions: torch.Tensor  # (B|1, 1) static input
     rows: torch.Tensor | None  # (B,) static input
     logits: torch.Tensor  # (B, 1, V) static output
+
+
+def pad_batch(
+    tokens: torch.Tensor, starts: Sequence[int], rows: Sequence[int]
+) -> tuple[torch.Tensor, list[int], list[int]]:
+    """tokens (B, 1), starts (B or 1) and rows (B) padded to a power-of-two batch by
+    repeating the last sequence (see the module docstring)."""
+    batch = tokens.shape[0]
+    extra = (1 << (batch - 1).bit_length()) - batch
+    padded_tokens = torch.cat([tokens, tokens[-1:].expand(extra, -1)])  # (B + extra, 1)
+    padded_starts = list(starts) + ([starts[-1]] * extra if len(starts) > 1 else [])
+    return padded_tokens, padded_starts, list(rows) + [rows[-1]] * extra
 
 
 class DecodeGraphs:
@@ -50,6 +68,9 @@ class DecodeGraphs:
         self, tokens: torch.Tensor, starts: Sequence[int], rows: Sequence[int] | None, end: int
     ) -> torch.Tensor:
         """Logits (B, 1, V) of one decode step, as Transformer.forward computes them."""
+        batch = tokens.shape[0]
+        if rows is not None:
+            tokens, starts, rows = pad_batch(tokens, starts, rows)
         bucket = min(self.model.n_positions, -(-end // BUCKET) * BUCKET)
         key = (tokens.shape[0], bucket, rows is None, len(starts))
         entry = self._graphs.get(key) or self._capture(key)
@@ -58,15 +79,16 @@ class DecodeGraphs:
         if entry.rows is not None:
             entry.rows.copy_(torch.tensor(list(rows)))
         entry.graph.replay()
-        return entry.logits.clone()
+        return entry.logits[:batch].clone()
 
     def _capture(self, key: tuple[int, int, bool, int]) -> _Graph:
         batch, bucket, no_rows, n_starts = key
         device = self.device
         tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
         positions = torch.zeros(n_starts, 1, dtype=torch.long, device=device)
-        rows = None if no_rows else torch.arange(batch, device=device)
-        saved = self._save_position_zero(batch)
+        written = min(batch, self.model.cache_batch)  # a padded batch repeats its last row
+        rows = None if no_rows else torch.arange(batch, device=device).clamp(max=written - 1)
+        saved = self._save_position_zero(written)
         # warm up outside the graph (lazy initialisation, kernel autotuning), then record
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -74,7 +96,7 @@ class DecodeGraphs:
             for _ in range(2):
                 self.model.step(tokens, positions, rows, bucket)
         torch.cuda.current_stream(device).wait_stream(stream)
-        self._restore_position_zero(batch, saved)
+        self._restore_position_zero(written, saved)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool), torch.inference_mode():
             logits = self.model.step(tokens, positions, rows, bucket)

@@ -67,8 +67,8 @@ def test_partial_offload_matches_llama_cpp():
 def test_engine_batches_on_gpu_match_llama_cpp():
     path = tiny_path("Q4_0")
     gold = golden("tiny-llama-Q4_0.npz", path)
-    llm = corral.load(path, device="cuda", n_ctx=4 * 128)
-    engine = Engine(llm.model, n_slots=4)
+    llm = corral.load(path, device="cuda", n_ctx=3 * 128)
+    engine = Engine(llm.model, n_slots=3)  # 3 sequences: a graph of 4, the last one twice
     engine.start()
     try:
         handles = []
