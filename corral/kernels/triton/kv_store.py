@@ -42,7 +42,8 @@ def _store_kernel(
         inverse = tl.where(scale == 0.0, 0.0, tl.math.div_rn(ones, safe))
         scaled = blocks * inverse[:, None]
         codes = tl.where(scaled < 0, -1.0, 1.0) * tl.floor(tl.abs(scaled) + 0.5)  # C's roundf
-        tl.store(target + offs, tl.reshape(codes, [BLOCK_D]).to(tl.int8), mask=inside)
+        codes = tl.reshape(codes, [BLOCK_D])  # (BLOCK_D/32, 32) -> (BLOCK_D,)
+        tl.store(target + offs, codes.to(tl.int8), mask=inside)
         block = tl.arange(0, BLOCK_D // 32)
         scale_offs = row * stride_sr + head * stride_sh + pos * stride_sn + block
         tl.store(SCALES + scale_offs, scale.to(tl.float16), mask=block < D // 32)
