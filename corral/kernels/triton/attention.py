@@ -85,6 +85,46 @@ def _load_tile(
 
 
 @triton.jit
+def _attend(
+    q, m_i, l_i, acc, lo, hi, q_pos, last,
+    K, V, K_SCALES, V_SCALES, k_base, v_base, ks_base, vs_base, head_dim, qk_scale,
+    stride_kn, stride_vn, stride_ksn, stride_vsn,
+    CAUSAL: tl.constexpr, K_Q8: tl.constexpr, V_Q8: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Online softmax of the query tile `q` over key tiles lo, lo + BLOCK_N, .. < hi.
+
+    CAUSAL: keys load up to position `last` and row i sees keys <= q_pos[i]; else every
+    key of every tile is seen by every row. Returns the updated (m_i, l_i, acc).
+    """
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        if CAUSAL:
+            valid = offs_n <= last  # (BLOCK_N,)
+        else:
+            valid = tl.full([BLOCK_N], True, tl.int1)
+        k = _load_tile(
+            K, K_SCALES, k_base, ks_base, offs_n, valid, head_dim, stride_kn, stride_ksn,
+            K_Q8, q.dtype, BLOCK_D,
+        )  # fmt: skip
+        # "ieee" keeps a float32 product exact (no tf32); 16-bit operands ignore it
+        scores = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # (BLOCK_M, BLOCK_N)
+        if CAUSAL:
+            scores = tl.where(offs_n[None, :] <= q_pos[:, None], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))  # finite: see the module docstring
+        alpha = tl.exp2(m_i - m_new)  # 0 on the first tile (m_i = -inf)
+        p = tl.exp2(scores - m_new[:, None])  # (BLOCK_M, BLOCK_N), 0 where masked
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = _load_tile(
+            V, V_SCALES, v_base, vs_base, offs_n, valid, head_dim, stride_vn, stride_vsn,
+            V_Q8, q.dtype, BLOCK_D,
+        )  # fmt: skip
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision="ieee")
+        m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _split_kernel(
     Q, K, V, K_SCALES, V_SCALES, ROWS, POSITIONS, MAXES, SUMS, PARTIAL,
     end, split, n_splits, group, head_dim, qk_scale,
@@ -119,26 +159,13 @@ def _split_kernel(
     l_i = tl.zeros([BLOCK_H], tl.float32)  # running sum of 2^(score - m_i)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)  # running sum of 2^(score - m_i) * v
     start = chunk * split
-    for n0 in range(start, tl.minimum(start + split, pos + 1), BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        valid = offs_n <= pos  # (BLOCK_N,); n0 <= pos, so at least one
-        k = _load_tile(
-            K, K_SCALES, k_base, ks_base, offs_n, valid, head_dim, stride_kn, stride_ksn,
-            K_Q8, q.dtype, BLOCK_D,
-        )  # fmt: skip
-        # "ieee" keeps a float32 product exact (no tf32); 16-bit operands ignore it
-        scores = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # (BLOCK_H, BLOCK_N)
-        scores = tl.where(valid[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))  # finite: one valid position per tile
-        alpha = tl.exp2(m_i - m_new)  # 0 on the first tile (m_i = -inf)
-        p = tl.exp2(scores - m_new[:, None])  # (BLOCK_H, BLOCK_N), 0 where masked
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_tile(
-            V, V_SCALES, v_base, vs_base, offs_n, valid, head_dim, stride_vn, stride_vsn,
-            V_Q8, q.dtype, BLOCK_D,
-        )  # fmt: skip
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision="ieee")
-        m_i = m_new
+    every_row_at_pos = tl.full([BLOCK_H], 0, tl.int32) + pos  # (BLOCK_H,): one new token
+    m_i, l_i, acc = _attend(
+        q, m_i, l_i, acc, start, tl.minimum(start + split, pos + 1), every_row_at_pos, pos,
+        K, V, K_SCALES, V_SCALES, k_base, v_base, ks_base, vs_base, head_dim, qk_scale,
+        stride_kn, stride_vn, stride_ksn, stride_vsn,
+        True, K_Q8, V_Q8, BLOCK_N, BLOCK_D,
+    )  # fmt: skip
 
     stats = (b * (group * tl.num_programs(1)) + heads) * n_splits + chunk  # (BLOCK_H,)
     live = mask_h & (start <= pos)  # an empty chunk stores nothing: phase 2 skips it
