@@ -82,26 +82,31 @@ class AttentionSpan:
     """The cache entries a step's new tokens attend to: the first `end`, where `mask`
     (B|1, 1, T, end) allows. Without a mask SDPA needs none (and runs flash attention):
     `causal`, the new tokens are positions 0..T-1 of every sequence (end = T); not causal,
-    one new token whose position is end - 1, so it attends to every entry below `end`."""
+    one new token whose position is end - 1, so it attends to every entry below `end`.
+    `starts` (B,): each sequence's first new position, as the Triton kernels read it."""
 
     end: int
     mask: torch.Tensor | None
+    starts: torch.Tensor
     causal: bool = False
 
 
-def attention_span(positions: torch.Tensor, end: int, exact_end: bool = False) -> AttentionSpan:
-    """The span of new tokens at `positions` (B|1, T) with cache entries below `end`: each
-    query attends to entries up to its own position (causal, and blind to stale entries
-    past it: a reused cache row, or a CUDA graph that attends over a fixed `end`).
-    `exact_end`: the caller promises end = max(positions) + 1. Built once per step and
-    shared by every layer."""
+def attention_span(
+    positions: torch.Tensor, end: int, batch: int, exact_end: bool = False
+) -> AttentionSpan:
+    """The span of `batch` sequences' new tokens at `positions` (B|1, T) with cache entries
+    below `end`: each query attends to entries up to its own position (causal, and blind
+    to stale entries past it: a reused cache row, or a CUDA graph that attends over a fixed
+    `end`). `exact_end`: the caller promises end = max(positions) + 1. Built once per step
+    and shared by every layer."""
+    starts = positions[:, 0].expand(batch).contiguous()  # (B,)
     if end == positions.shape[1]:  # positions < end = T: every sequence starts at 0
-        return AttentionSpan(end, None, causal=True)
+        return AttentionSpan(end, None, starts, causal=True)
     if exact_end and positions.shape == (1, 1):  # one shared position: end - 1
-        return AttentionSpan(end, None)
+        return AttentionSpan(end, None, starts)
     key_pos = torch.arange(end, device=positions.device)
     mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # (B|1, 1, T, end)
-    return AttentionSpan(end, mask)
+    return AttentionSpan(end, mask, starts)
 
 
 class Attention(nn.Module):
@@ -160,9 +165,9 @@ class Attention(nn.Module):
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
         if self.fused and n_new == 1:
-            return self.wo(self.decode(q, k, v, rows, positions, span.end))
+            return self.wo(self.decode(q, k, v, rows, span))
         if self.fused and not (span.causal and not self.cache.quantized):
-            return self.wo(self.prefill(q, k, v, rows, positions))
+            return self.wo(self.prefill(q, k, v, rows, positions, span.starts))
         k, v = self.cache.update(rows, positions, k, v, span.end)  # (B, Hkv, end, D)
         out = F.scaled_dot_product_attention(
             q,
@@ -181,28 +186,26 @@ class Attention(nn.Module):
         k: torch.Tensor,
         v: torch.Tensor,
         rows: torch.Tensor | None,
-        positions: torch.Tensor,
-        end: int,
+        span: AttentionSpan,
     ) -> torch.Tensor:
         """One new token per sequence through the flash-decoding kernel, which reads the
-        cache in place (Q8_0 codes too) up to each sequence's position: q (B, H, 1, D),
-        k, v (B, Hkv, 1, D) -> (B, 1, H*D)."""
+        cache in place (Q8_0 codes too) up to each sequence's position (`span.starts`):
+        q (B, H, 1, D), k, v (B, Hkv, 1, D) -> (B, 1, H*D)."""
         from corral.kernels.triton.attention import decode_attention
         from corral.kernels.triton.kv_store import store_token
 
         batch = q.shape[0]
-        token_positions = positions[:, 0].expand(batch).contiguous()  # (B,)
         for cache, new in ((self.cache.k, k), (self.cache.v, v)):
             scales = cache.parts[1] if cache.quantized else None
-            store_token(new[:, :, 0], cache.parts[0], scales, rows, token_positions)
+            store_token(new[:, :, 0], cache.parts[0], scales, rows, span.starts)
         keys, values = self.cache.k.parts, self.cache.v.parts
         out = decode_attention(
             q[:, :, 0],  # (B, H, D)
             keys[0],
             values[0],
             rows,
-            token_positions,
-            end,
+            span.starts,
+            span.end,
             scale=self.head_dim**-0.5,
             k_scales=keys[1] if self.cache.k.quantized else None,
             v_scales=values[1] if self.cache.v.quantized else None,
@@ -216,11 +219,12 @@ class Attention(nn.Module):
         v: torch.Tensor,
         rows: torch.Tensor | None,
         positions: torch.Tensor,
+        starts: torch.Tensor,
     ) -> torch.Tensor:
-        """Several new tokens per sequence, after a cached prefix or over a q8_0 cache,
-        through the Triton attention kernel that reads the cache in place: q (B, H, T, D),
-        k, v (B, Hkv, T, D) -> (B, T, H*D). (From position 0 over a float cache, SDPA's
-        flash attention on the new keys and values is used instead.)"""
+        """Several new tokens per sequence at `positions` (B|1, T), from `starts` (B,), after
+        a cached prefix or over a q8_0 cache, through the Triton attention kernel that reads
+        the cache in place: q (B, H, T, D), k, v (B, Hkv, T, D) -> (B, T, H*D). (From
+        position 0 over a float cache, SDPA's flash attention is used instead.)"""
         from corral.kernels.triton.prefill_attention import prefill_attention
 
         batch, _, n_new, _ = q.shape
@@ -231,7 +235,7 @@ class Attention(nn.Module):
             keys[0],
             values[0],
             rows,
-            positions[:, 0].expand(batch).contiguous(),  # (B,) first new position
+            starts,
             scale=self.head_dim**-0.5,
             k_scales=keys[1] if self.cache.k.quantized else None,
             v_scales=values[1] if self.cache.v.quantized else None,

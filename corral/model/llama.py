@@ -184,7 +184,7 @@ class Transformer(nn.Module):
             device = layer.device
             if device not in inputs:  # once per device (partial offload: several)
                 moved = [None if t is None else t.to(device) for t in (rope, positions, rows)]
-                inputs[device] = (*moved, attention_span(moved[1], end, exact_end))
+                inputs[device] = (*moved, attention_span(moved[1], end, len(tokens), exact_end))
             layer_rope, layer_positions, layer_rows, span = inputs[device]
             x = layer(x.to(device), layer_rope, layer_positions, span, layer_rows)
         if last_only:

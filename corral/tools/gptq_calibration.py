@@ -100,7 +100,6 @@ class LayerRunner:
         )
         self.positions = torch.arange(seq_len, device=device)[None]  # (1, T)
         self.rope = rope_tables(config, seq_len, device)[self.positions]  # (1, T, rd/2, 2)
-        self.span = attention_span(self.positions, seq_len)  # causal
 
     def _layout(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         """An HF weight as corral's Block wants it: float32, Q/K rows interleaved."""
@@ -122,7 +121,8 @@ class LayerRunner:
         out = torch.empty_like(hidden)
         for first in range(0, hidden.shape[0], self.batch_size):
             batch = hidden[first : first + self.batch_size]  # (b, T, E)
-            layer_out = self.block(batch, self.rope, self.positions, self.span)  # (b, T, E)
+            span = attention_span(self.positions, self.positions.shape[1], len(batch))  # causal
+            layer_out = self.block(batch, self.rope, self.positions, span)  # (b, T, E)
             out[first : first + len(batch)] = layer_out
         return out
 
