@@ -4,6 +4,8 @@
 table and checks below are also used directly by `load_gguf_model`.
 """
 
+import ctypes
+import ctypes.util
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +28,8 @@ from corral.weights.qtensor import QTensor
 
 if TYPE_CHECKING:
     from corral.checkpoints.base import Checkpoint, Weight
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
 
 LINEAR_MODULES = (
     "attn.wq",
@@ -147,15 +151,17 @@ def _bind(
     cache_types: tuple[str | None, str | None] = (None, None),
 ) -> Transformer:
     """Build the Transformer on "meta", swap in the `packed` linear modules (by weight
-    name), bind the `dense` weights (a tied LM head when "output.weight" is absent) and set
-    up a KV cache of `n_ctx` positions storing keys and values as `cache_types`."""
-    with torch.device("meta"):
-        model = Transformer(config)
-    for name, module in packed.items():
-        parent, _, attribute = name.removesuffix(".weight").rpartition(".")
-        setattr(model.get_submodule(parent), attribute, module)
+    name; the dict is emptied), bind the `dense` weights (a tied LM head when
+    "output.weight" is absent) and set up a KV cache of `n_ctx` positions storing keys and
+    values as `cache_types`."""
     if "output.weight" not in dense and "output.weight" not in packed:
         dense["output.weight"] = dense["tok_embeddings.weight"]
+    with torch.device("meta"):
+        model = Transformer(config)
+    while packed:  # taken out of the dict: fusion below must be able to free the parts
+        name, module = packed.popitem()
+        parent, _, attribute = name.removesuffix(".weight").rpartition(".")
+        setattr(model.get_submodule(parent), attribute, module)
     model.load_state_dict(dense, assign=True, strict=True)
     model.eval()
     model.fuse_projections()
@@ -215,10 +221,12 @@ def build_model(
     """The Transformer of any Checkpoint in `dtype`, with a KV cache of `n_ctx` storing
     keys and values as `cache_types` (corral.model.kv_cache; None: in `dtype`).
 
-    On the CPU, quantized weights are dequantized at load, one at a time. On CUDA, GGUF
-    and GPTQ matrices stay quantized (PackedLinear: fused dequantize-and-multiply kernels;
-    the few GPTQ layouts the kernels refuse, such as 2/3-bit with groups of 16, are
-    dequantized, see corral.kernels.gptq) and the layers are placed by corral.placement:
+    GGUF matrices stay quantized on both devices (PackedLinear: fused dequantize-and-multiply
+    kernels, Triton on CUDA and numba on the CPU; a tied LM head gets its own packed copy of
+    the embedding's blocks, the embedding itself is dequantized for the lookup). GPTQ
+    matrices stay quantized on CUDA (the few layouts the kernels refuse, such as 2/3-bit
+    with groups of 16, are dequantized, see corral.kernels.gptq) and are dequantized at
+    load on the CPU, one at a time. The layers are placed by corral.placement:
     all of them, `gpu_layers` of them (llama.cpp's -ngl: the last ones, the rest on the
     CPU), or as many as free GPU memory holds.
     """
@@ -232,12 +240,19 @@ def build_model(
     read_device = device if placement.single_device else torch.device("cpu")
     dense: dict[str, torch.Tensor] = {}
     packed: dict[str, PackedLinear] = {}
+    embedding_blocks: BlockWeight | None = None
     for name, value in checkpoint.weights(read_device, dtype):
         target = placement.device_of(name)
-        if isinstance(value, BlockWeight) and target.type == "cuda" and is_linear(name):
-            packed[name] = PackedLinear.from_gguf_blocks(
+        if isinstance(value, BlockWeight) and name == "tok_embeddings.weight":
+            embedding_blocks = value  # also the LM head's blocks when the head is tied
+        if isinstance(value, BlockWeight) and is_linear(name):
+            linear = PackedLinear.from_gguf_blocks(
                 value.data, value.qtype.name, value.shape, target
             )
+            if linear is None:
+                dense[name] = dense_weight(value, target, dtype)
+            else:
+                packed[name] = linear
         elif (
             isinstance(value, QTensor)
             and target.type == "cuda"
@@ -247,13 +262,34 @@ def build_model(
             packed[name] = PackedLinear.from_qtensor(value, target)
         else:
             dense[name] = dense_weight(value, target, dtype)
+        release_free_memory()
+    tied = "output.weight" not in dense and "output.weight" not in packed
+    if tied and embedding_blocks is not None:
+        head = PackedLinear.from_gguf_blocks(
+            embedding_blocks.data,
+            embedding_blocks.qtype.name,
+            embedding_blocks.shape,
+            placement.head_device,
+        )  # the tied head reads the file's blocks; the lookup table is dequantized
+        if head is not None:
+            packed["output.weight"] = head
     model = _bind(checkpoint.config, dense, packed, n_ctx, cache_types)
+    release_free_memory()  # the parts of the fused projections
     return LoadedModel(
         model=model,
         config=checkpoint.config,
         tensor_types=checkpoint.tensor_types(),
         placement=placement,
     )
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's malloc_trim). Loading frees
+    many large temporaries whose pages glibc would otherwise keep, so the resident size
+    would grow well past the model's."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def resolve_path(path: str | Path) -> Path:

@@ -14,6 +14,7 @@ import torch
 from corral.config import ModelConfig
 from corral.tokenizer import Tokenizer
 from corral.weights.blocks import BlockWeight
+from corral.weights.footprint import PackedWeights
 from corral.weights.qtensor import QTensor
 
 Weight = torch.Tensor | QTensor | BlockWeight
@@ -52,6 +53,10 @@ class Checkpoint(ABC):
     @abstractmethod
     def tensor_types(self) -> Counter[str]:
         """How many stored weights each storage type has ("Q4_K", "BF16", "GPTQ 4-bit")."""
+
+    def packed_weights(self) -> PackedWeights:
+        """The weights corral keeps quantized on the CPU (GGUF blocks): none by default."""
+        return PackedWeights()
 
     @abstractmethod
     def tokenizer_kind(self) -> str:

@@ -12,10 +12,12 @@ import torch
 from corral.checkpoints.base import Checkpoint, Weight
 from corral.formats.gguf import GGUFFile
 from corral.formats.split_parts import part_paths
-from corral.loader import expected_shapes, load_tensor, parameter_name, read_config
+from corral.kernels.cpu.layout import layout_error
+from corral.loader import expected_shapes, is_linear, load_tensor, parameter_name, read_config
 from corral.quant.ggml_types import GGMLType
 from corral.tokenizer import Tokenizer
 from corral.weights.blocks import BlockWeight
+from corral.weights.footprint import PackedWeights
 
 DENSE_TYPES = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})
 
@@ -64,6 +66,23 @@ class GGUFCheckpoint(Checkpoint):
     def tensor_types(self) -> Counter[str]:
         """ggml type names of the file's tensors."""
         return Counter(info.ggml_type.name for info in self._gguf.tensors.values())
+
+    def packed_weights(self) -> PackedWeights:
+        """The quantized matrices the CPU kernels multiply as stored (corral.kernels.cpu),
+        and the tied LM head's copy of the embedding's blocks."""
+        params = nbytes = 0
+        for gguf_name in expected_shapes(self.config):
+            info = self._gguf.tensors.get(gguf_name)
+            if info is None or not is_linear(parameter_name(gguf_name)):
+                continue
+            if layout_error(info.ggml_type.name, info.shape[0]) is None:
+                params += info.shape[0] * info.shape[1]
+                nbytes += info.nbytes
+        embedding = self._gguf.tensors.get("token_embd.weight")
+        tied = "output.weight" not in self._gguf.tensors
+        if tied and embedding and not layout_error(embedding.ggml_type.name, embedding.shape[0]):
+            nbytes += embedding.nbytes
+        return PackedWeights(params, nbytes)
 
     def tokenizer_kind(self) -> str:
         """``tokenizer.ggml.model`` and ``.pre``."""

@@ -84,7 +84,8 @@ class LLM:
             self.generation_defaults: dict[str, Any] = checkpoint.generation_defaults
             config = checkpoint.config
             self.n_ctx = n_ctx or min(config.context_length, DEFAULT_CONTEXT)
-            self.dtype = dtype or choose_dtype(config, self.n_ctx, self.device)
+            packed = checkpoint.packed_weights()
+            self.dtype = dtype or choose_dtype(config, self.n_ctx, self.device, packed)
             self.chat_format, self.chat_format_reason = self._resolve_chat(chat_template)
             loaded = build_model(
                 checkpoint,

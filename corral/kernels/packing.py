@@ -164,16 +164,19 @@ def _runs(field: torch.Tensor, bits: int, run: int) -> torch.Tensor:
 def _words(values: torch.Tensor, bits: int, per_group: int, dtype: torch.dtype) -> torch.Tensor:
     """Weights (n, K) of `bits` bits in order -> (n, K / per_group, 4) words of `dtype`.
 
-    Weight e = 4 * j + w of a group goes to bits [bits*j, bits*(j+1)) of word w.
+    Weight e = 4 * j + w of a group goes to bits [bits*j, bits*(j+1)) of word w. The words
+    are built byte by byte in uint8 (little-endian): byte p of word w holds the fields
+    j = F p + f, f < F = 8 / bits.
     """
     n = values.shape[0]
-    fields = values.reshape(n, -1, per_group // 4, 4).to(torch.int64)  # (n, groups, j, w)
-    shifts = torch.arange(0, bits * (per_group // 4), bits, device=values.device)
-    words = (fields << shifts.view(-1, 1)).sum(dim=2)  # (n, groups, 4)
-    if dtype.is_signed:  # the top bit set means negative: wrap to two's complement first
-        width = 8 * dtype.itemsize
-        words = torch.where(words >= 1 << (width - 1), words - (1 << width), words)
-    return words.to(dtype)
+    per_byte, width = 8 // bits, dtype.itemsize
+    if per_group != 4 * width * per_byte:
+        raise ValueError(f"{per_group} {bits}-bit fields do not fill 4 {dtype} words")
+    fields = values.to(torch.uint8).reshape(n, -1, width, per_byte, 4)  # (n, groups, p, f, w)
+    word_bytes = fields.new_zeros(n, fields.shape[1], 4, width)  # (n, groups, w, p)
+    for f in range(per_byte):
+        word_bytes |= fields[:, :, :, f].transpose(2, 3) << (bits * f)
+    return word_bytes.view(dtype).reshape(n, -1, 4)  # (n, groups, 4)
 
 
 # ---- per-type packers: blocks (n, nb, type_size) -> tensors --------------------------

@@ -5,7 +5,7 @@ gate and up projections. Concatenating their weights along the output rows turns
 (two) matmuls into one: one kernel launch and one pass over the activations, and a wider
 output for the kernel to spread over the GPU. Weights fuse when they are stored alike
 (dense weights of one dtype and device; packed weights of one quant type, see
-`corral.kernels.packing.concat_rows`); a run of consecutive projections that fuse becomes
+`PackedLinear.concat`); a run of consecutive projections that fuse becomes
 one `SplitLinear`, so a Q4_K_M layer whose V is Q6_K fuses Q and K and keeps V apart.
 """
 
@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from corral.kernels.packing import concat_rows, rows_concatenable
 from corral.quant.linear import PackedLinear
 
 
@@ -33,20 +32,20 @@ class SplitLinear(nn.Module):
 
 def fusable(a: nn.Module, b: nn.Module) -> bool:
     """True when linears `a` and `b` (same input) can be one matmul: dense weights of one
-    dtype and device, or packed weights `rows_concatenable`."""
+    dtype and device, or packed weights `PackedLinear.rows_concatenable`."""
     if type(a) is nn.Linear and type(b) is nn.Linear:
         wa, wb = a.weight, b.weight
         no_bias = a.bias is None and b.bias is None
         return no_bias and (wa.dtype, wa.device, wa.shape[1]) == (wb.dtype, wb.device, wb.shape[1])
     if isinstance(a, PackedLinear) and isinstance(b, PackedLinear):
-        return rows_concatenable(a.packed, b.packed)
+        return a.rows_concatenable(b)
     return False
 
 
 def fuse(modules: Sequence[nn.Module]) -> nn.Module:
     """The `fusable` linears `modules` as one whose output rows are theirs in order."""
     if isinstance(modules[0], PackedLinear):
-        return PackedLinear(concat_rows([m.packed for m in modules]))
+        return PackedLinear.concat(list(modules))
     weight = torch.cat([m.weight for m in modules])  # (sum of N, K)
     fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     fused.weight = nn.Parameter(weight, requires_grad=False)

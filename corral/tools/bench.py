@@ -150,18 +150,13 @@ def load_model(args: argparse.Namespace, n_ctx: int) -> tuple[Any, int]:
 def model_row(llm: Any, gpu_layers: int) -> dict[str, Any]:
     """The model's llama-bench columns: description, file size, parameter count, backend."""
     from corral.checkpoints import open_checkpoint
-    from corral.quant.linear import PackedLinear
     from corral.tools.info import human_count
     from corral.tools.shaped_gguf import FILE_TYPE_NAMES
 
     with open_checkpoint(llm.path) as checkpoint:
         types = checkpoint.tensor_types()
         size = sum(path.stat().st_size for path in checkpoint.files())
-    modules = list(llm.model.modules())
-    dense = {p.data_ptr(): p.numel() for p in llm.model.parameters()}  # a tied head once
-    n_params = sum(dense.values()) + sum(
-        m.in_features * m.out_features for m in modules if isinstance(m, PackedLinear)
-    )
+    n_params = llm.config.n_params()  # a tied head once (it may hold a packed copy)
     matrices = Counter({name: n for name, n in types.items() if name != "F32"}) or types
     quant = FILE_TYPE_NAMES.get(llm.metadata.get("general.file_type"))
     quant = quant or matrices.most_common(1)[0][0]
@@ -280,4 +275,4 @@ def run(args: argparse.Namespace) -> None:
     if args.output == "json":
         print(json.dumps([json_record(row, test) for test in tests], indent=2))
     else:
-        print(f"\ncorral {row['corral_version']}, {row['dtype']} weights, {row['device_name']}")
+        print(f"\ncorral {row['corral_version']}, {row['dtype']} compute, {row['device_name']}")

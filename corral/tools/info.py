@@ -13,6 +13,7 @@ from corral.engine.memory import choose_dtype, estimate_memory
 from corral.errors import CorralError
 from corral.formats.split_parts import part_paths
 from corral.tokenizer import Tokenizer
+from corral.weights.footprint import PackedWeights
 
 
 def human_bytes(n: float) -> str:
@@ -85,6 +86,12 @@ def quantization_row(checkpoint: Checkpoint) -> list[tuple[str, str]]:
     ]
 
 
+def weights_form(packed: PackedWeights, dtype: torch.dtype) -> str:
+    """How the weights are held: all in `dtype`, or the quantized matrices as stored."""
+    name = str(dtype).removeprefix("torch.")
+    return f"with the matrices as stored, the rest {name}" if packed.params else f"as {name}"
+
+
 def describe(
     path: Path, n_ctx: int | None, device: torch.device, chat_template: str | None = None
 ) -> list[tuple[str, str]]:
@@ -100,9 +107,10 @@ def describe(
         tokenizer_kind = checkpoint.tokenizer_kind()
         chat_format = chat_format_row(meta, str(path), chat_template, checkpoint.tokenizer)
         quantization = quantization_row(checkpoint)
+        packed = checkpoint.packed_weights()
     ctx = n_ctx or config.context_length
-    dtype = choose_dtype(config, ctx, device)
-    memory = estimate_memory(config, ctx, dtype)
+    dtype = choose_dtype(config, ctx, device, packed)
+    memory = estimate_memory(config, ctx, dtype, packed)
     gqa = f" (GQA {config.n_kv_groups}:1)" if config.n_kv_groups > 1 else ""
     rope = f"freq base {config.rope_freq_base:g}, {config.rope_dim} dims"
     if config.rope_scale != 1.0:
@@ -127,7 +135,7 @@ def describe(
         ("tensor types", ", ".join(f"{name} x{count}" for name, count in types.most_common())),
         (
             f"memory at -c {ctx}",
-            f"{human_bytes(memory.total)} (weights {human_bytes(memory.weights)} as "
-            f"{str(dtype).removeprefix('torch.')}, KV cache {human_bytes(memory.kv_cache)})",
+            f"{human_bytes(memory.total)} (weights {human_bytes(memory.weights)} "
+            f"{weights_form(packed, dtype)}, KV cache {human_bytes(memory.kv_cache)})",
         ),
     ]
