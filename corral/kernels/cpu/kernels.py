@@ -55,35 +55,66 @@ def sub_block_scales(geo, scales, d, dmin, half, nb, s, a, b):  # noqa: ANN001, 
 
 
 @njit(**_JIT)
+def _one_sub_block(maps, t):  # noqa: ANN001, ANN201
+    """True when every field of byte t belongs to the same sub-block."""
+    for f in range(1, maps.shape[2]):
+        if maps[1, t, f] != maps[1, t, 0]:
+            return False
+    return True
+
+
+@njit(**_JIT)
+def _byte_dot(qt, fields, xs, acc):  # noqa: ANN001, ANN201
+    """acc[r] += sum over the byte's fields f of field_f(qt[r]) * xs[f] (1, 2, 4 or 8
+    fields of 8 / fields bits each), in one pass over the rows."""
+    rows = acc.shape[0]
+    if fields == 2:
+        x0, x1 = xs[0], xs[1]
+        for r in range(rows):
+            v = qt[r]
+            acc[r] += np.float32(v & 15) * x0 + np.float32(v >> 4) * x1
+    elif fields == 4:
+        x0, x1, x2, x3 = xs[0], xs[1], xs[2], xs[3]
+        for r in range(rows):
+            v = qt[r]
+            low = np.float32(v & 3) * x0 + np.float32((v >> 2) & 3) * x1
+            acc[r] += low + np.float32((v >> 4) & 3) * x2 + np.float32(v >> 6) * x3
+    elif fields == 8:
+        for r in range(rows):
+            v = qt[r]
+            total = np.float32(0)
+            for f in range(8):
+                total += np.float32((v >> f) & 1) * xs[f]
+            acc[r] += total
+    else:
+        x0 = xs[0]
+        for r in range(rows):
+            acc[r] += np.float32(qt[r]) * x0
+
+
+@njit(**_JIT)
 def _accumulate(q, nb, g, bits, maps, x, weight, dot, fq):  # noqa: ANN001, ANN201
     """dot[m, sub, r] += field * weight * x[m, k] for every field of the bytes q[nb, g]
     (bytes, RB), k its weight's column."""
     mask = (1 << bits) - 1
-    rows = fq.shape[0]
     m_rows, fields = x.shape[0], maps.shape[2]
     base = g * (x.shape[1] // q.shape[1])
+    xs = np.empty(fields, np.float32)
     for t in range(q.shape[2]):
         qt = q[nb, g, t]
-        if m_rows == 1 and fields == 2 and maps[1, t, 0] == maps[1, t, 1]:
-            x0 = x[0, base + maps[0, t, 0]] * weight  # both nibbles of the byte in one pass
-            x1 = x[0, base + maps[0, t, 1]] * weight
-            acc = dot[0, maps[1, t, 0]]
-            for r in range(rows):
-                acc[r] += np.float32(qt[r] & 15) * x0 + np.float32(qt[r] >> 4) * x1
+        if m_rows == 1 and _one_sub_block(maps, t):  # decode: all fields in one pass
+            for f in range(fields):
+                xs[f] = x[0, base + maps[0, t, f]] * weight
+            _byte_dot(qt, fields, xs, dot[0, maps[1, t, 0]])
             continue
         for f in range(fields):
             shift = bits * f
             k, sl = base + maps[0, t, f], maps[1, t, f]
-            if m_rows == 1:
-                xv, acc = x[0, k] * weight, dot[0, sl]
-                for r in range(rows):
-                    acc[r] += np.float32((qt[r] >> shift) & mask) * xv
-                continue
-            for r in range(rows):
+            for r in range(fq.shape[0]):
                 fq[r] = np.float32((qt[r] >> shift) & mask)
             for m in range(m_rows):
                 xv, acc = x[m, k] * weight, dot[m, sl]
-                for r in range(rows):
+                for r in range(fq.shape[0]):
                     acc[r] += fq[r] * xv
 
 

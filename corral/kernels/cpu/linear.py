@@ -89,8 +89,21 @@ def dequantize_matmul(x: np.ndarray, w: CpuWeight) -> np.ndarray:
     return out.numpy()
 
 
+def _start_thread_pool() -> None:
+    """Start numba's OpenMP thread pool now, keeping torch's thread count. Starting the pool
+    (numba's first set_num_threads or parallel call) resets the OpenMP thread count, which
+    torch reads too, to every core: later, it would undo a `torch.set_num_threads`."""
+    threads = torch.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(threads)
+
+
+_start_thread_pool()
+
+
 def cpu_linear(x: torch.Tensor, w: CpuWeight) -> torch.Tensor:
-    """x (..., K) @ W.T -> (..., N) in x's dtype, computed in float32 on the CPU."""
+    """x (..., K) @ W.T -> (..., N) in x's dtype, computed in float32 on the CPU with as
+    many threads as torch uses."""
     numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     n, k = w.shape
     rows = x.reshape(-1, k).float().contiguous().numpy()  # (M, K)
