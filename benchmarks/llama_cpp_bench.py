@@ -177,7 +177,7 @@ def describe(corral: dict[str, Any], llama: dict[str, Any]) -> str:
             f"model: {corral['model_filename']} ({corral['model_type']}, "
             f"{corral['model_size'] / 2**20:.1f} MiB file; llama.cpp: {llama['model_type']})",
             f"corral {corral['corral_version']} (git {corral_commit()}): {corral['backend']} "
-            f"{corral['device_name']}, {corral['dtype']} weights, {corral['n_threads']} threads, "
+            f"{corral['device_name']}, {corral['dtype']} compute, {corral['n_threads']} threads, "
             f"ngl {corral['n_gpu_layers']}",
             f"llama.cpp build {llama['build_commit']} ({llama['build_number']}): "
             f"{llama['backends']} {llama['cpu_info']}{gpu}, {llama['n_threads']} threads, "
