@@ -1,6 +1,9 @@
 """corral against llama.cpp (golden data in tests/golden, made by scripts/golden) and against
 HF transformers running the same dequantized weights.
 
+The models are loaded as `corral.load` loads them on the CPU (corral.loader.build_model):
+the quantized matrices stay packed and go through the numba kernels (corral.kernels.cpu).
+
 Two references, two standards:
 - HF transformers on the weights as gguf-py dequantizes them computes exactly what corral
   computes (float32 everywhere), so logits must agree to float32 round-off.
@@ -20,9 +23,11 @@ import numpy as np
 import pytest
 import torch
 
+from corral.checkpoints import open_checkpoint
 from corral.engine.generate import generate_ids
-from corral.formats.gguf import GGUFFile
-from corral.loader import load_gguf_model
+from corral.kernels.cpu.layout import CpuWeight
+from corral.loader import build_model
+from corral.quant.linear import PackedLinear
 from corral.sampling import SamplingParams
 from tests.fixtures.tiny_gguf import read_llama_gguf_hf_model
 
@@ -50,8 +55,8 @@ def never_stop(_token: int) -> bool:
 
 
 def load_model(path: Path, n_ctx: int = 256):
-    with GGUFFile(path) as gguf:
-        return load_gguf_model(gguf, torch.device("cpu"), torch.float32, n_ctx).model
+    with open_checkpoint(path) as checkpoint:
+        return build_model(checkpoint, torch.device("cpu"), torch.float32, n_ctx).model
 
 
 def golden(name: str, model_path: Path) -> dict[str, np.ndarray]:
@@ -69,6 +74,13 @@ def tiny_path(kind: str) -> Path:
 def tiny(request):
     path = tiny_path(request.param)
     return load_model(path), golden(f"tiny-llama-{request.param}.npz", path), path
+
+
+def test_tiny_quantized_matrices_stay_packed_on_the_cpu(tiny):
+    model, _, path = tiny
+    linears = [m for m in model.modules() if isinstance(m, (PackedLinear, torch.nn.Linear))]
+    packed = {isinstance(m, PackedLinear) and isinstance(m.packed, CpuWeight) for m in linears}
+    assert packed == {not path.name.endswith("F16.gguf")}  # all of them, or none for F16
 
 
 def test_tiny_teacher_forced_logits_match_llama_cpp(tiny):
