@@ -64,6 +64,29 @@ def _one_sub_block(maps, t):  # noqa: ANN001, ANN201
 
 
 @njit(**_JIT)
+def _one_sub_per_4_bytes(maps):  # noqa: ANN001, ANN201
+    """True when each run of 4 bytes (t = 4i .. 4i + 3) holds fields of one sub-block."""
+    for t in range(maps.shape[1]):
+        for f in range(maps.shape[2]):
+            if maps[1, t, f] != maps[1, t - t % 4, 0]:
+                return False
+    return True
+
+
+@njit(**_JIT)
+def _nibbles_of_4_bytes(q4, x8, acc):  # noqa: ANN001, ANN201
+    """acc[r] += the 8 nibbles of bytes q4[0..3, r] times x8 (low nibble first)."""
+    q0, q1, q2, q3 = q4[0], q4[1], q4[2], q4[3]
+    x0, x1, x2, x3, x4, x5, x6, x7 = x8[0], x8[1], x8[2], x8[3], x8[4], x8[5], x8[6], x8[7]
+    for r in range(acc.shape[0]):
+        a = np.float32(q0[r] & 15) * x0 + np.float32(q0[r] >> 4) * x1
+        b = np.float32(q1[r] & 15) * x2 + np.float32(q1[r] >> 4) * x3
+        c = np.float32(q2[r] & 15) * x4 + np.float32(q2[r] >> 4) * x5
+        d = np.float32(q3[r] & 15) * x6 + np.float32(q3[r] >> 4) * x7
+        acc[r] += (a + b) + (c + d)
+
+
+@njit(**_JIT)
 def _byte_dot(qt, fields, xs, acc):  # noqa: ANN001, ANN201
     """acc[r] += sum over the byte's fields f of field_f(qt[r]) * xs[f] (1, 2, 4 or 8
     fields of 8 / fields bits each), in one pass over the rows."""
@@ -100,7 +123,15 @@ def _accumulate(q, nb, g, bits, maps, x, weight, dot, fq):  # noqa: ANN001, ANN2
     m_rows, fields = x.shape[0], maps.shape[2]
     base = g * (x.shape[1] // q.shape[1])
     xs = np.empty(fields, np.float32)
-    for t in range(q.shape[2]):
+    n_bytes = q.shape[2]
+    if m_rows == 1 and fields == 2 and n_bytes % 4 == 0 and _one_sub_per_4_bytes(maps):
+        x8 = np.empty(8, np.float32)
+        for t in range(0, n_bytes, 4):  # decode, 4-bit fields: 4 bytes (8 weights) a pass
+            for i in range(8):
+                x8[i] = x[0, base + maps[0, t + i // 2, i % 2]] * weight
+            _nibbles_of_4_bytes(q[nb, g, t : t + 4], x8, dot[0, maps[1, t, 0]])
+        return
+    for t in range(n_bytes):
         qt = q[nb, g, t]
         if m_rows == 1 and _one_sub_block(maps, t):  # decode: all fields in one pass
             for f in range(fields):
