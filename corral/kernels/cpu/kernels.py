@@ -64,11 +64,14 @@ def _one_sub_block(maps, t):  # noqa: ANN001, ANN201
 
 
 @njit(**_JIT)
-def _one_sub_per_4_bytes(maps):  # noqa: ANN001, ANN201
-    """True when each run of 4 bytes (t = 4i .. 4i + 3) holds fields of one sub-block."""
+def _one_sub_per_run(maps, run):  # noqa: ANN001, ANN201
+    """True when each run of `run` bytes (t = run i .. run i + run - 1) holds fields of one
+    sub-block."""
+    if maps.shape[1] % run:
+        return False
     for t in range(maps.shape[1]):
         for f in range(maps.shape[2]):
-            if maps[1, t, f] != maps[1, t - t % 4, 0]:
+            if maps[1, t, f] != maps[1, t - t % run, 0]:
                 return False
     return True
 
@@ -84,6 +87,16 @@ def _nibbles_of_4_bytes(q4, x8, acc):  # noqa: ANN001, ANN201
         c = np.float32(q2[r] & 15) * x4 + np.float32(q2[r] >> 4) * x5
         d = np.float32(q3[r] & 15) * x6 + np.float32(q3[r] >> 4) * x7
         acc[r] += (a + b) + (c + d)
+
+
+@njit(**_JIT)
+def _nibbles_of_2_bytes(q2, x4, acc):  # noqa: ANN001, ANN201
+    """acc[r] += the 4 nibbles of bytes q2[0..1, r] times x4 (low nibble first)."""
+    q0, q1 = q2[0], q2[1]
+    x0, x1, x2, x3 = x4[0], x4[1], x4[2], x4[3]
+    for r in range(acc.shape[0]):
+        a = np.float32(q0[r] & 15) * x0 + np.float32(q0[r] >> 4) * x1
+        acc[r] += a + (np.float32(q1[r] & 15) * x2 + np.float32(q1[r] >> 4) * x3)
 
 
 @njit(**_JIT)
@@ -124,12 +137,19 @@ def _accumulate(q, nb, g, bits, maps, x, weight, dot, fq):  # noqa: ANN001, ANN2
     base = g * (x.shape[1] // q.shape[1])
     xs = np.empty(fields, np.float32)
     n_bytes = q.shape[2]
-    if m_rows == 1 and fields == 2 and n_bytes % 4 == 0 and _one_sub_per_4_bytes(maps):
-        x8 = np.empty(8, np.float32)
-        for t in range(0, n_bytes, 4):  # decode, 4-bit fields: 4 bytes (8 weights) a pass
-            for i in range(8):
-                x8[i] = x[0, base + maps[0, t + i // 2, i % 2]] * weight
-            _nibbles_of_4_bytes(q[nb, g, t : t + 4], x8, dot[0, maps[1, t, 0]])
+    run = 0  # decode, 4-bit fields: bytes of one sub-block, 4 (or 2) bytes a pass
+    if m_rows == 1 and fields == 2:
+        run = 4 if _one_sub_per_run(maps, 4) else 2 if _one_sub_per_run(maps, 2) else 0
+    if run:
+        x_run = np.empty(2 * run, np.float32)
+        for t in range(0, n_bytes, run):
+            for i in range(2 * run):
+                x_run[i] = x[0, base + maps[0, t + i // 2, i % 2]] * weight
+            acc = dot[0, maps[1, t, 0]]
+            if run == 4:
+                _nibbles_of_4_bytes(q[nb, g, t : t + 4], x_run, acc)
+            else:
+                _nibbles_of_2_bytes(q[nb, g, t : t + 2], x_run, acc)
         return
     for t in range(n_bytes):
         qt = q[nb, g, t]
