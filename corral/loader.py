@@ -19,7 +19,7 @@ from corral.errors import CorralError, ModelFormatError, UnsupportedError
 from corral.formats.gguf import GGUFFile, TensorInfo
 from corral.model.kv_cache import check_cache_type
 from corral.model.llama import Transformer
-from corral.placement import Placement, plan_placement
+from corral.placement import CPU, Placement, plan_placement
 from corral.quant.dequant import dequantize
 from corral.quant.gptq import dequantize_gptq
 from corral.quant.linear import PackedLinear
@@ -29,7 +29,8 @@ from corral.weights.qtensor import QTensor
 if TYPE_CHECKING:
     from corral.checkpoints.base import Checkpoint, Weight
 
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+_LIBC_NAME = ctypes.util.find_library("c")
+_LIBC = ctypes.CDLL(_LIBC_NAME) if _LIBC_NAME else None
 
 LINEAR_MODULES = (
     "attn.wq",
@@ -237,42 +238,7 @@ def build_model(
     placement = plan_placement(checkpoint, device, dtype, n_ctx, gpu_layers, cache_types)
     if not placement.single_device and dtype == torch.float16:
         dtype = torch.bfloat16  # CPU layers: float16 matmuls are slow there, bfloat16 not
-    read_device = device if placement.single_device else torch.device("cpu")
-    dense: dict[str, torch.Tensor] = {}
-    packed: dict[str, PackedLinear] = {}
-    embedding_blocks: BlockWeight | None = None
-    for name, value in checkpoint.weights(read_device, dtype):
-        target = placement.device_of(name)
-        if isinstance(value, BlockWeight) and name == "tok_embeddings.weight":
-            embedding_blocks = value  # also the LM head's blocks when the head is tied
-        if isinstance(value, BlockWeight) and is_linear(name):
-            linear = PackedLinear.from_gguf_blocks(
-                value.data, value.qtype.name, value.shape, target
-            )
-            if linear is None:
-                dense[name] = dense_weight(value, target, dtype)
-            else:
-                packed[name] = linear
-        elif (
-            isinstance(value, QTensor)
-            and target.type == "cuda"
-            and is_linear(name)
-            and PackedLinear.qtensor_layout_error(value) is None
-        ):
-            packed[name] = PackedLinear.from_qtensor(value, target)
-        else:
-            dense[name] = dense_weight(value, target, dtype)
-        release_free_memory()
-    tied = "output.weight" not in dense and "output.weight" not in packed
-    if tied and embedding_blocks is not None:
-        head = PackedLinear.from_gguf_blocks(
-            embedding_blocks.data,
-            embedding_blocks.qtype.name,
-            embedding_blocks.shape,
-            placement.head_device,
-        )  # the tied head reads the file's blocks; the lookup table is dequantized
-        if head is not None:
-            packed["output.weight"] = head
+    dense, packed = _load_weights(checkpoint, placement, dtype)
     model = _bind(checkpoint.config, dense, packed, n_ctx, cache_types)
     release_free_memory()  # the parts of the fused projections
     return LoadedModel(
@@ -281,6 +247,43 @@ def build_model(
         tensor_types=checkpoint.tensor_types(),
         placement=placement,
     )
+
+
+def _packed_linear(value: "Weight", target: torch.device) -> PackedLinear | None:
+    """`value` as a PackedLinear on `target` when a kernel multiplies it as stored, else
+    None (then it is dequantized)."""
+    if isinstance(value, BlockWeight):
+        return PackedLinear.from_gguf_blocks(value.data, value.qtype.name, value.shape, target)
+    if isinstance(value, QTensor) and target.type == "cuda":
+        if PackedLinear.qtensor_layout_error(value) is None:
+            return PackedLinear.from_qtensor(value, target)
+    return None
+
+
+def _load_weights(
+    checkpoint: "Checkpoint", placement: Placement, dtype: torch.dtype
+) -> tuple[dict[str, torch.Tensor], dict[str, PackedLinear]]:
+    """Every weight of `checkpoint` on its device (`placement`): (dense tensors in `dtype`,
+    packed linears) by parameter name, with a packed tied LM head when there is one."""
+    read_device = placement.embedding_device if placement.single_device else CPU
+    dense: dict[str, torch.Tensor] = {}
+    packed: dict[str, PackedLinear] = {}
+    embedding: Weight | None = None
+    for name, value in checkpoint.weights(read_device, dtype):
+        target = placement.device_of(name)
+        linear = _packed_linear(value, target) if is_linear(name) else None
+        if linear is not None:
+            packed[name] = linear
+        else:
+            dense[name] = dense_weight(value, target, dtype)
+        if name == "tok_embeddings.weight":
+            embedding = value  # also the LM head's blocks when the head is tied
+        release_free_memory()
+    if "output.weight" not in dense and "output.weight" not in packed:
+        head = _packed_linear(embedding, placement.head_device)
+        if head is not None:  # the tied head reads the file's blocks, the lookup a dense copy
+            packed["output.weight"] = head
+    return dense, packed
 
 
 def release_free_memory() -> None:
