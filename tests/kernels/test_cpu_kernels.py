@@ -68,7 +68,9 @@ def test_layout_errors_name_the_reason() -> None:
         to_cpu_layout(dense)
 
 
-@pytest.mark.parametrize("sizes", [(192, 64), (64, 40, 256)], ids=["same-block", "mixed-blocks"])
+@pytest.mark.parametrize(
+    "sizes", [(256, 256), (192, 64), (64, 40, 256)], ids=["same-block", "reblocked", "mixed"]
+)
 def test_concatenated_rows_compute_every_projection(sizes: tuple[int, ...]) -> None:
     parts = [cpu_weight("Q6_K", n, 256, seed=i) for i, n in enumerate(sizes)]
     joined = concat_cpu_rows([weight for weight, _ in parts])

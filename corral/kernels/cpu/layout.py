@@ -204,9 +204,13 @@ def concat_cpu_rows(weights: list[CpuWeight]) -> CpuWeight:
     n_rows = sum(w.shape[0] for w in weights)
     rb = row_block(n_rows)
     parts = zip(*(w.fields() for w in weights), strict=True)  # per field: one per weight
-    joined = [
-        _blocked(torch.from_numpy(np.concatenate([_unblocked(a) for a in p])), rb) for p in parts
-    ]  # each (N, ...) -> (N / rb, ..., rb)
+    if all(w.row_block == rb for w in weights):  # the row blocks just follow each other
+        joined = [np.concatenate(p) for p in parts]
+    else:
+        joined = [
+            _blocked(torch.from_numpy(np.concatenate([_unblocked(a) for a in p])), rb)
+            for p in parts
+        ]  # each (N, ...) -> (N / rb, ..., rb)
     return CpuWeight(first.qtype, (n_rows, first.shape[1]), rb, *joined)
 
 
