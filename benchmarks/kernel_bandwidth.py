@@ -42,12 +42,19 @@ F16_FIELDS = {
     "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
     "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
 }  # fmt: skip
-SWEEP = [  # block_n, groups, num_warps
+SWEEP = [  # block_n, groups, num_warps, split_waves, splits
     MatvecConfig(4, 64, 2),
     MatvecConfig(8, 64, 2),
     MatvecConfig(2, 64, 2),
     MatvecConfig(4, 32, 1),
     MatvecConfig(2, 32, 1),
+    MatvecConfig(4, 128, 4),
+    MatvecConfig(8, 128, 4),
+    MatvecConfig(4, 64, 2, split_waves=2.0),
+    MatvecConfig(4, 64, 2, splits=2),
+    MatvecConfig(4, 32, 1, splits=2),
+    MatvecConfig(2, 64, 2, splits=2),
+    MatvecConfig(4, 64, 2, splits=4),
 ]
 DEQUANT_SWEEP = [  # block_n, k_step, num_warps
     (32, 256, 4),

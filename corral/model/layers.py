@@ -252,6 +252,7 @@ class FeedForward(nn.Module):
         self.w_up = nn.Linear(config.n_embd, config.n_ff, bias=False)
         self.w_down = nn.Linear(config.n_ff, config.n_embd, bias=False)
         self.gate_up: nn.ModuleList | None = None  # w_gate, w_up fused (corral.model.fusion)
+        self.fused = False  # Triton silu(gate) * up (Transformer.use_fused_kernels)
 
     def fuse_projections(self) -> None:
         """Compute gate and up with one matmul when their storage allows (after loading)."""
@@ -263,4 +264,8 @@ class FeedForward(nn.Module):
             gate, up = self.w_gate(x), self.w_up(x)
         else:
             gate, up = (out for run in self.gate_up for out in run(x))
+        if self.fused:
+            from corral.kernels.triton.elementwise import silu_mul
+
+            return self.w_down(silu_mul(gate, up))
         return self.w_down(F.silu(gate) * up)

@@ -38,6 +38,10 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         attended = self.attn(self.attn_norm(x), rope, positions, span, rows)
         x, normed = self.ffn_norm.add_and_norm(attended, x)  # x + attention, its norm
+        if self.ffn.fused:
+            from corral.kernels.triton.elementwise import add
+
+            return add(x, self.ffn(normed))
         return x + self.ffn(normed)
 
     @property
@@ -72,13 +76,13 @@ class Transformer(nn.Module):
         self.graphs = DecodeGraphs(self) if enabled else None
 
     def use_fused_kernels(self, enabled: bool = True, devices: Collection[str] = ("cuda",)) -> None:
-        """Run RMSNorm (with the residual add before it), RoPE and one-token attention as
-        Triton kernels (corral.kernels.triton) in the parts of the model on a device of a
-        type in `devices`. Off a GPU Triton runs only in its interpreter (tests pass
-        devices=("cpu",) with TRITON_INTERPRET=1)."""
+        """Run RMSNorm (with the residual add before it), RoPE, one-token attention, SwiGLU's
+        product and the residual add after the MLP as Triton kernels (corral.kernels.triton)
+        in the parts of the model on a device of a type in `devices`. Off a GPU Triton runs
+        only in its interpreter (tests pass devices=("cpu",) with TRITON_INTERPRET=1)."""
         for layer in self.layers:
             on = enabled and layer.device.type in devices
-            layer.attn_norm.fused = layer.ffn_norm.fused = on
+            layer.attn_norm.fused = layer.ffn_norm.fused = layer.ffn.fused = on
             layer.attn.fused = on and layer.attn.head_dim % 16 == 0  # the kernels' tiles
         self.norm.fused = enabled and self.norm.weight.device.type in devices
 

@@ -30,7 +30,8 @@ def test_store_equals_the_torch_path(cache_type: str, with_rows: bool, device: s
     gen = torch.Generator().manual_seed(3)
     new = torch.randn(3, 3, dim, generator=gen).to(device)
     new[0, 1, :32] = 0  # an all-zero block
-    new[1, 2, :4] = torch.tensor([0.5, -0.5, 1.5, 127.0]) * (new[1, 2, 4:32].abs().max() / 127)
+    edge = torch.tensor([0.5, -0.5, 1.5, 127.0], device=device)  # codes at rounding edges
+    new[1, 2, :4] = edge * (new[1, 2, 4:32].abs().max() / 127)
     rows = torch.tensor([4, 0, 2], device=device) if with_rows else None
     positions = torch.tensor([11, 0, 5], device=device)
     for cache, value in ((ours.k, new), (ours.v, -new)):

@@ -95,9 +95,10 @@ class GGUFOrderQ8Cache(DynamicCache):
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         if self.quantize_keys:
-            key_states = to_hf_order(gguf_q8_0(to_gguf_order(key_states))[2])
+            rounded = gguf_q8_0(to_gguf_order(key_states).float())[2]
+            key_states = to_hf_order(rounded).to(key_states.dtype)
         if self.quantize_values:
-            value_states = gguf_q8_0(value_states)[2]
+            value_states = gguf_q8_0(value_states.float())[2].to(value_states.dtype)
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
 

@@ -46,6 +46,7 @@ import triton
 import triton.language as tl
 
 from corral.kernels.attention_reference import check_decode_attention_args
+from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
 
 BLOCK_N = 32  # cache positions per tile
 MIN_HEAD_ROWS = 16  # tl.dot needs at least 16 rows: a query group is padded to this
@@ -132,9 +133,11 @@ def _split_kernel(
     stride_kr, stride_kh, stride_kn, stride_vr, stride_vh, stride_vn,
     stride_ksr, stride_ksh, stride_ksn, stride_vsr, stride_vsh, stride_vsn,
     HAS_ROWS: tl.constexpr, K_Q8: tl.constexpr, V_Q8: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Phase 1: partial softmax statistics of one (sequence, KV head, chunk)."""
+    release_dependents(PDL)
+    wait_for_inputs(PDL)
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     chunk = tl.program_id(2)
@@ -179,9 +182,11 @@ def _split_kernel(
 def _combine_kernel(
     MAXES, SUMS, PARTIAL, POSITIONS, OUT,
     end, split, n_splits, head_dim, stride_ob, stride_oh,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Phase 2: out[b, h] from the partials of the chunks that hold positions of b."""
+    release_dependents(PDL)
+    wait_for_inputs(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     pos = tl.minimum(tl.load(POSITIONS + b).to(tl.int32), end - 1)
@@ -277,6 +282,7 @@ def decode_attention(
         (*stats_shape, head_dim), dtype=torch.float32, device=q.device
     )
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # (B, H, D)
+    pdl = launch_options(q.device, batch)
     _split_kernel[(batch, kv_heads, n_splits)](  # never-read stand-ins for absent pointers
         q, k, v,
         k if k_scales is None else k_scales, v if v_scales is None else v_scales,
@@ -288,12 +294,12 @@ def decode_attention(
         *_scale_strides(k_scales), *_scale_strides(v_scales),
         HAS_ROWS=rows is not None, K_Q8=k.dtype == torch.int8, V_Q8=v.dtype == torch.int8,
         BLOCK_H=max(MIN_HEAD_ROWS, triton.next_power_of_2(group)), BLOCK_N=BLOCK_N,
-        BLOCK_D=block_d, num_warps=4, num_stages=2,
+        BLOCK_D=block_d, num_warps=4, num_stages=2, **pdl,
     )  # fmt: skip
     _combine_kernel[(batch, heads)](
         maxes, sums, partial, positions, out,
         end, split, n_splits, head_dim, out.stride(0), out.stride(1),
         BLOCK_S=min(COMBINE_SPLITS, triton.next_power_of_2(n_splits)), BLOCK_D=block_d,
-        num_warps=4,
+        num_warps=4, **pdl,
     )  # fmt: skip
     return out

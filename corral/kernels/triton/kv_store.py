@@ -14,14 +14,17 @@ import triton
 import triton.language as tl
 
 from corral.kernels.kv_q8 import Q8_BLOCK, check_head_dim
+from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
 
 
 @triton.jit
 def _store_kernel(
     NEW, CACHE, SCALES, ROWS, POSITIONS,
     stride_nb, stride_nh, stride_cr, stride_ch, stride_cn, stride_sr, stride_sh, stride_sn,
-    D, HAS_ROWS: tl.constexpr, Q8: tl.constexpr, BLOCK_D: tl.constexpr,
+    D, HAS_ROWS: tl.constexpr, Q8: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    release_dependents(PDL)
+    wait_for_inputs(PDL)
     b = tl.program_id(0)
     head = tl.program_id(1)
     if HAS_ROWS:
@@ -79,5 +82,5 @@ def store_token(
         new, cache, scales if quantized else cache, positions if rows is None else rows,
         positions, new.stride(0), new.stride(1), *cache.stride()[:3], *scale_strides,
         dim, HAS_ROWS=rows is not None, Q8=quantized,
-        BLOCK_D=max(Q8_BLOCK, triton.next_power_of_2(dim)),
+        BLOCK_D=max(Q8_BLOCK, triton.next_power_of_2(dim)), **launch_options(new.device, batch),
     )  # fmt: skip

@@ -44,6 +44,7 @@ from corral.kernels.triton.decode import (
     split_scales,
     sub_block_ab,
 )
+from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
 
 
 @triton.jit
@@ -172,8 +173,9 @@ def _matvec_kernel(
     BITS: tl.constexpr, HBITS: tl.constexpr, NSUB: tl.constexpr, D_DIV: tl.constexpr,
     KIND: tl.constexpr, OFFSET: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, SPLIT: tl.constexpr,
-    EVEN: tl.constexpr,
+    EVEN: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    release_dependents(PDL)
     J: tl.constexpr = 32 // BITS  # fields per word
     C: tl.constexpr = 4 * G  # words per row and step
     pid_n = tl.program_id(0)
@@ -193,6 +195,7 @@ def _matvec_kernel(
         QS, QH, SC, D, DM, rows3, cs3, gs3, g_begin, g_end, n_groups, meta_zero,
         HBITS, KIND, D_DIV, EVEN,
     )  # fmt: skip
+    wait_for_inputs(PDL)  # the weights never change: only x waits for the kernel before
     last = g_begin + (groups_per_split // G - 1) * G
     for step in range(0, groups_per_split // G):  # steps past g_end (uneven split) are masked
         g0 = g_begin + step * G
@@ -218,8 +221,10 @@ def _matvec_kernel(
 
 
 @triton.jit
-def _sum_splits_kernel(P, OUT, total, S: tl.constexpr, BLOCK: tl.constexpr):
+def _sum_splits_kernel(P, OUT, total, S: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """OUT[i] = sum over s of P[s, i], for the flat (S, total) float32 partial sums P."""
+    release_dependents(PDL)
+    wait_for_inputs(PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
     acc = tl.zeros([BLOCK], dtype=tl.float32)
@@ -287,15 +292,16 @@ def matvec(x: torch.Tensor, pw: PackedWeight, config: MatvecConfig | None = None
     groups_per_split = triton.cdiv(triton.cdiv(n_groups, splits), cfg.groups) * cfg.groups
     splits = triton.cdiv(n_groups, groups_per_split)  # a multiple of G groups per slice
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    pdl = launch_options(x.device, m)
     target = out if splits == 1 else torch.empty(splits, m, n, dtype=torch.float32, device=x.device)
     _matvec_kernel[(tiles, splits)](
         x, *kernel_args(pw.tensors, kt), target, ONE_BITS,
         m, n, n_groups, x.stride(0), m * n, groups_per_split, 0,
         kt.bits, kt.hbits, kt.nsub, kt.d_div, kt.scale_kind, kt.offset,
         BM=triton.next_power_of_2(m), BN=cfg.block_n, G=cfg.groups, SPLIT=splits > 1,
-        EVEN=n_groups % groups_per_split == 0, num_warps=cfg.num_warps,
+        EVEN=n_groups % groups_per_split == 0, num_warps=cfg.num_warps, **pdl,
     )  # fmt: skip
     if splits > 1:
         block = 1024
-        _sum_splits_kernel[(triton.cdiv(m * n, block),)](target, out, m * n, splits, block)
+        _sum_splits_kernel[(triton.cdiv(m * n, block),)](target, out, m * n, splits, block, **pdl)
     return out

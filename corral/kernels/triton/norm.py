@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
+
 MAX_BLOCK = 16384  # widest row loaded in one block
 LOOP_BLOCK = 4096  # step of the two-pass loop for wider rows
 ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -49,8 +51,11 @@ def _load_row(X, R, S, cols, mask, HAS_RESIDUAL: tl.constexpr):
 def _rms_norm_kernel(
     X, R, W, S, Y, E, stride_x, stride_r, eps,
     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """Y[row] = rms_norm(X[row] (+ R[row], stored to S[row])); S and Y are contiguous."""
+    release_dependents(PDL)
+    wait_for_inputs(PDL)
     row = tl.program_id(0).to(tl.int64)
     x_row = X + row * stride_x
     r_row = R + row * stride_r
@@ -142,7 +147,7 @@ def _launch(
         rows_x, rows_r, weight.contiguous(), total, out, width,
         rows_x.stride(0), rows_r.stride(0), float(eps),
         HAS_RESIDUAL=residual is not None, BLOCK=size, ONE_BLOCK=one_block,
-        num_warps=num_warps,
+        num_warps=num_warps, **launch_options(x.device, rows_x.shape[0]),
     )  # fmt: skip
     return total, out
 

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
+
 TILE = 1024  # values per program's tile (BLOCK_H * BLOCK_D), at most
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -63,9 +65,11 @@ def _rope_heads(
 def _rope_kernel(
     Q, K, QO, KO, TAB, T, n_q, n_k, q_blocks,
     sqb, sqt, sqh, skb, skt, skh, stb, stt, sti, stc, D, HALF,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (token, head block): query heads for the first q_blocks, then key heads."""
+    release_dependents(PDL)
+    wait_for_inputs(PDL)
     token = tl.program_id(0).to(tl.int64)
     b = token // T
     t = token % T
@@ -173,5 +177,6 @@ def _launch(
         q.stride(0), q.stride(1), q.stride(2), k_in.stride(0), k_in.stride(1), k_in.stride(2),
         table_batch_stride, table.stride(1), table.stride(2), table.stride(3),
         dim, table.shape[2], BLOCK_H=block_h, BLOCK_D=block_d, num_warps=num_warps,
+        **launch_options(q.device, batch * n_tokens),
     )  # fmt: skip
     return q_out, k_out

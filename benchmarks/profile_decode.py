@@ -1,0 +1,88 @@
+"""Where a one-token decode step spends its GPU time.
+
+Loads a model as `corral bench` does, then
+- times `--steps` one-token decode steps replayed from CUDA graphs (what tg128 measures),
+- runs the same steps eagerly under torch.profiler and prints the GPU kernels ranked by
+  their total time per step, with the sum of all kernel time per step.
+
+The gap between the graph step's wall time and the kernel time per step is time the GPU
+spends idle between kernels; the ranking says which kernels to make faster.
+
+    python benchmarks/profile_decode.py -m llama-2-7B-Q4_K_M.gguf --position 64 --steps 32
+"""
+
+import argparse
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from corral.interfaces.api import LLM
+
+
+def decode_steps(model: torch.nn.Module, first: int, steps: int) -> None:
+    """`steps` one-token greedy steps from cache position `first`, token ids kept on the GPU."""
+    token = torch.ones((1, 1), dtype=torch.long, device="cuda")  # (1, 1)
+    for position in range(first, first + steps):
+        logits = model(token, position)  # (1, 1, V)
+        token = logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
+
+
+def graph_step_ms(model: torch.nn.Module, first: int, steps: int) -> float:
+    """Milliseconds per decode step with CUDA graphs (after a warm-up pass)."""
+    decode_steps(model, first, steps)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    decode_steps(model, first, steps)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3 / steps
+
+
+def kernel_times(model: torch.nn.Module, first: int, steps: int) -> dict[str, tuple[float, int]]:
+    """Per kernel name: (GPU microseconds per step, launches per step), eager decode."""
+    graphs, model.graphs = model.graphs, None
+    try:
+        decode_steps(model, first, steps)  # warm-up: Triton compiles, cuBLAS handles
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            decode_steps(model, first, steps)
+            torch.cuda.synchronize()
+    finally:
+        model.graphs = graphs
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            entry = totals[event.name]
+            entry[0] += event.device_time
+            entry[1] += 1
+    return {name: (us / steps, count // steps) for name, (us, count) in totals.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-m", "--model", type=Path, required=True)
+    parser.add_argument("--position", type=int, default=64, help="cache position of step 1")
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--top", type=int, default=25, help="kernels to list")
+    args = parser.parse_args()
+
+    llm = LLM(args.model, n_ctx=args.position + args.steps + 1, device="cuda")
+    model = llm.model
+    model.setup_cache(1, args.position + args.steps + 1)
+    step_ms = graph_step_ms(model, args.position, args.steps)
+    times = kernel_times(model, args.position, args.steps)
+    total_us = sum(us for us, _ in times.values())
+    print(
+        f"graph-replayed step: {step_ms:.3f} ms; kernel time per step (eager): "
+        f"{total_us / 1e3:.3f} ms in {sum(n for _, n in times.values())} kernels"
+    )
+    print("| kernel | us/step | launches/step | share |\n|---|---|---|---|")
+    ranked = sorted(times.items(), key=lambda item: -item[1][0])
+    for name, (us, count) in ranked[: args.top]:
+        print(f"| {name[:90]} | {us:.1f} | {count} | {us / total_us:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
