@@ -195,10 +195,8 @@ class Attention(nn.Module):
         from corral.kernels.triton.kv_store import store_token
 
         batch = q.shape[0]
-        for cache, new in ((self.cache.k, k), (self.cache.v, v)):
-            scales = cache.parts[1] if cache.quantized else None
-            store_token(new[:, :, 0], cache.parts[0], scales, rows, span.starts)
         keys, values = self.cache.k.parts, self.cache.v.parts
+        store_token(k[:, :, 0], v[:, :, 0], keys, values, rows, span.starts)
         out = decode_attention(
             q[:, :, 0],  # (B, H, D)
             keys[0],

@@ -36,13 +36,28 @@ class Block(nn.Module):
         span: AttentionSpan,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        attended = self.attn(self.attn_norm(x), rope, positions, span, rows)
-        x, normed = self.ffn_norm.add_and_norm(attended, x)  # x + attention, its norm
-        if self.ffn.fused:
-            from corral.kernels.triton.elementwise import add
+        x, mlp_out = self.forward_pending(x, None, rope, positions, span, rows)
+        return x + mlp_out
 
-            return add(x, self.ffn(normed))
-        return x + self.ffn(normed)
+    def forward_pending(
+        self,
+        x: torch.Tensor,
+        pending: torch.Tensor | None,
+        rope: torch.Tensor,
+        positions: torch.Tensor,
+        span: AttentionSpan,
+        rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer with its last residual add left to the caller: (x + attention, the
+        MLP's output). `pending`: the previous layer's MLP output, not yet added to x
+        (None: nothing pending); it is added in this layer's first norm (one kernel)."""
+        if pending is None:
+            normed = self.attn_norm(x)
+        else:
+            x, normed = self.attn_norm.add_and_norm(pending, x)  # x + previous MLP, its norm
+        attended = self.attn(normed, rope, positions, span, rows)
+        x, normed = self.ffn_norm.add_and_norm(attended, x)  # x + attention, its norm
+        return x, self.ffn(normed)
 
     @property
     def device(self) -> torch.device:
@@ -184,14 +199,23 @@ class Transformer(nn.Module):
         x = self.tok_embeddings(tokens)  # (B, T, E)
         rope = self.rope[positions.to(self.rope.device)]  # (B|1, T, rope_dim/2, 2)
         inputs: dict[torch.device, tuple] = {}
+        pending = None  # the last layer's MLP output, added to x by the next norm
         for layer in self.layers:
             device = layer.device
             if device not in inputs:  # once per device (partial offload: several)
                 moved = [None if t is None else t.to(device) for t in (rope, positions, rows)]
                 inputs[device] = (*moved, attention_span(moved[1], end, len(tokens), exact_end))
             layer_rope, layer_positions, layer_rows, span = inputs[device]
-            x = layer(x.to(device), layer_rope, layer_positions, span, layer_rows)
+            if pending is not None:
+                pending = pending.to(device)
+            x, pending = layer.forward_pending(
+                x.to(device), pending, layer_rope, layer_positions, span, layer_rows
+            )
         if last_only:
             x = x[:, -1:]  # (B, 1, E)
+            pending = None if pending is None else pending[:, -1:]  # (B, 1, E)
         x = x.to(self.norm.weight.device)
-        return self.output(self.norm(x)).float()
+        if pending is None:
+            return self.output(self.norm(x)).float()
+        _, normed = self.norm.add_and_norm(pending.to(x.device), x)
+        return self.output(normed).float()

@@ -1,12 +1,12 @@
-"""silu_mul and add (corral.kernels.triton.elementwise) against torch's ops, which they
-replace in the fused decode step, on strided rows and ragged widths: the sum equal to the
-bit, silu's product within a few rounding steps of the dtype (the exponentials differ)."""
+"""silu_mul (corral.kernels.triton.elementwise) against torch's `F.silu(gate) * up`, which
+it replaces in the fused decode step, on strided rows and ragged widths: within a few
+rounding steps of the dtype (the exponentials differ)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from corral.kernels.triton.elementwise import add, silu_mul
+from corral.kernels.triton.elementwise import silu_mul
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -29,13 +29,6 @@ def test_silu_mul_equals_torch(dtype: torch.dtype, shape: tuple[int, ...], devic
     torch.testing.assert_close(silu_mul(gate, up), expected, rtol=4 * eps, atol=eps / 8)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_add_equals_torch(dtype: torch.dtype, device: str):
-    gen = torch.Generator().manual_seed(1)
-    a, b = (torch.randn(2, 1, 1500, generator=gen).to(dtype).to(device) for _ in range(2))
-    assert torch.equal(add(a, b), a + b)
-
-
 def test_operands_of_different_shapes_are_refused(device: str):
-    with pytest.raises(ValueError, match="operands differ"):
-        add(torch.zeros(2, 8, device=device), torch.zeros(2, 9, device=device))
+    with pytest.raises(ValueError, match="differ"):
+        silu_mul(torch.zeros(2, 8, device=device), torch.zeros(2, 9, device=device))

@@ -1,16 +1,12 @@
-"""The decode step's two elementwise ops as Triton kernels that take part in programmatic
-dependent launch (corral.kernels.triton.pdl), in place of torch's kernels, which break
-the chain:
+"""SwiGLU's product silu(gate) * up as one Triton kernel that takes part in programmatic
+dependent launch (corral.kernels.triton.pdl), in place of torch's two kernels, which
+break the chain.
 
-    silu_mul(gate, up) = silu(gate) * up     (SwiGLU's product; one kernel for torch's two)
-    add(a, b)          = a + b               (the residual connection after the MLP)
-
-Both round as torch does in float16/bfloat16: silu in float32 rounded to the dtype,
-then the product (or sum) of two dtype values in float32, rounded once. The sum is
-torch's to the bit; silu's exponential (Triton's) may differ from torch's in the last
-bit of a float32, which moves a result by at most a rounding step of its dtype.
-One program per (row, BLOCK columns); rows may be strided (gate and up are the two
-halves of a fused gate/up output), columns contiguous.
+It rounds as torch does in float16/bfloat16: silu in float32 rounded to the dtype, then
+the product of two dtype values in float32, rounded once. Triton's exponential may
+differ from torch's in the last bit of a float32, which moves a result by at most a
+rounding step of its dtype. One program per (row, BLOCK columns); rows may be strided
+(gate and up are the two halves of a fused gate/up output), columns contiguous.
 """
 
 import torch
@@ -23,52 +19,38 @@ BLOCK = 1024
 
 
 @triton.jit
-def _binary_kernel(
-    A, B, OUT, n, stride_a, stride_b,
-    SILU_A: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+def _silu_mul_kernel(
+    G, U, OUT, n, stride_g, stride_u, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    """OUT[row] = silu(A[row]) * B[row] (SILU_A) or A[row] + B[row]; OUT contiguous."""
+    """OUT[row] = silu(G[row]) * U[row]; OUT contiguous."""
     release_dependents(PDL)
     wait_for_inputs(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n
-    a = tl.load(A + row * stride_a + cols, mask=mask, other=0.0)
-    b = tl.load(B + row * stride_b + cols, mask=mask, other=0.0).to(tl.float32)
-    a32 = a.to(tl.float32)
-    if SILU_A:
-        silu = (a32 / (1.0 + tl.exp(-a32))).to(a.dtype).to(tl.float32)
-        y = silu * b
-    else:
-        y = a32 + b
-    tl.store(OUT + row * n + cols, y.to(OUT.dtype.element_ty), mask=mask)
-
-
-def _launch(a: torch.Tensor, b: torch.Tensor, silu_a: bool) -> torch.Tensor:
-    """The kernel over every row of a and b (same shape and dtype, contiguous last dim)."""
-    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
-        raise ValueError(f"operands differ: {a.shape} {a.dtype} and {b.shape} {b.dtype}")
-    if a.stride(-1) != 1 or b.stride(-1) != 1:
-        raise ValueError("operands must be contiguous along their last dimension")
-    n = a.shape[-1]
-    rows_a = a.reshape(-1, n)  # (rows, n): a view when the leading dims allow one
-    rows_b = b.reshape(-1, n)  # (rows, n)
-    out = torch.empty(a.shape, dtype=a.dtype, device=a.device)
-    if rows_a.numel() == 0:
-        return out
-    grid = (rows_a.shape[0], triton.cdiv(n, BLOCK))
-    _binary_kernel[grid](
-        rows_a, rows_b, out, n, rows_a.stride(0), rows_b.stride(0),
-        SILU_A=silu_a, BLOCK=BLOCK, num_warps=4, **launch_options(a.device, rows_a.shape[0]),
-    )  # fmt: skip
-    return out
+    gate = tl.load(G + row * stride_g + cols, mask=mask, other=0.0)
+    up = tl.load(U + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
+    g32 = gate.to(tl.float32)
+    silu = (g32 / (1.0 + tl.exp(-g32))).to(gate.dtype).to(tl.float32)
+    tl.store(OUT + row * n + cols, (silu * up).to(OUT.dtype.element_ty), mask=mask)
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up as torch's `F.silu(gate) * up` to a rounding step; gate, up (..., n)."""
-    return _launch(gate, up, True)
-
-
-def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a + b, rounded as torch's `a + b`; a, b (..., n) of one dtype."""
-    return _launch(a, b, False)
+    """silu(gate) * up as torch's `F.silu(gate) * up` to a rounding step: gate, up (..., n)
+    of one shape and dtype, contiguous along the last dimension. Raises ValueError else."""
+    if gate.shape != up.shape or gate.dtype != up.dtype or gate.device != up.device:
+        raise ValueError(f"gate {gate.shape} {gate.dtype} and up {up.shape} {up.dtype} differ")
+    if gate.stride(-1) != 1 or up.stride(-1) != 1:
+        raise ValueError("gate and up must be contiguous along their last dimension")
+    n = gate.shape[-1]
+    rows_g = gate.reshape(-1, n)  # (rows, n): a view when the leading dims allow one
+    rows_u = up.reshape(-1, n)  # (rows, n)
+    out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
+    if rows_g.numel() == 0:
+        return out
+    grid = (rows_g.shape[0], triton.cdiv(n, BLOCK))
+    _silu_mul_kernel[grid](
+        rows_g, rows_u, out, n, rows_g.stride(0), rows_u.stride(0),
+        BLOCK=BLOCK, num_warps=4, **launch_options(gate.device, rows_g.shape[0]),
+    )  # fmt: skip
+    return out

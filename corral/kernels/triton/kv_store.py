@@ -1,13 +1,16 @@
-"""Write one new token's keys or values into the KV cache in one kernel (decode steps).
+"""Write one new token's keys and values into the KV cache in one kernel (decode steps).
 
 The torch path (corral.model.kv_cache.KVCache.write) indexes the cache with tensors of
 rows and positions (index_put), and for a q8_0 cache first quantizes with a dozen
-elementwise ops. Here one program per (sequence, KV head) reads the new vector, converts
+elementwise ops. Here one program per (sequence, KV head, keys or values) reads the new
+vector, converts
 it to the cache's float type or quantizes it to Q8_0 blocks exactly as
 `corral.kernels.kv_q8.quantize_q8_0` does (d = max|x| / 127, code = round half away from
 zero of x / d with an IEEE division, d stored as float16), and stores it at
 [rows[b], head, positions[b]]. Rows and positions are read on the GPU: CUDA-graph safe.
 """
+
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -18,20 +21,12 @@ from corral.kernels.triton.pdl import launch_options, release_dependents, wait_f
 
 
 @triton.jit
-def _store_kernel(
-    NEW, CACHE, SCALES, ROWS, POSITIONS,
+def _store_vector(
+    NEW, CACHE, SCALES, b, head, row, pos,
     stride_nb, stride_nh, stride_cr, stride_ch, stride_cn, stride_sr, stride_sh, stride_sn,
-    D, HAS_ROWS: tl.constexpr, Q8: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    D, Q8: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    release_dependents(PDL)
-    wait_for_inputs(PDL)
-    b = tl.program_id(0)
-    head = tl.program_id(1)
-    if HAS_ROWS:
-        row = tl.load(ROWS + b).to(tl.int64)
-    else:
-        row = b.to(tl.int64)
-    pos = tl.load(POSITIONS + b).to(tl.int64)
+    """NEW[b, head] (D values) into CACHE[row, head, pos] (and its Q8_0 SCALES)."""
     offs = tl.arange(0, BLOCK_D)
     inside = offs < D
     x = tl.load(NEW + b * stride_nb + head * stride_nh + offs, mask=inside, other=0.0)
@@ -54,33 +49,90 @@ def _store_kernel(
         tl.store(target + offs, x.to(CACHE.dtype.element_ty), mask=inside)
 
 
-def store_token(
-    new: torch.Tensor,
-    cache: torch.Tensor,
-    scales: torch.Tensor | None,
-    rows: torch.Tensor | None,
-    positions: torch.Tensor,
-) -> None:
-    """Write new (B, Hkv, D) at cache[rows[b], :, positions[b]] (rows None: b).
+@triton.jit
+def _store_kernel(
+    K_NEW, K_CACHE, K_SCALES, V_NEW, V_CACHE, V_SCALES, ROWS, POSITIONS,
+    stride_kb, stride_kh, stride_kr, stride_kch, stride_kn, stride_ksr, stride_ksh, stride_ksn,
+    stride_vb, stride_vh, stride_vr, stride_vch, stride_vn, stride_vsr, stride_vsh, stride_vsn,
+    D, HAS_ROWS: tl.constexpr, K_Q8: tl.constexpr, V_Q8: tl.constexpr,
+    BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    """Program (sequence, KV head, part): part 0 stores the key, part 1 the value."""
+    release_dependents(PDL)
+    wait_for_inputs(PDL)
+    b = tl.program_id(0)
+    head = tl.program_id(1)
+    if HAS_ROWS:
+        row = tl.load(ROWS + b).to(tl.int64)
+    else:
+        row = b.to(tl.int64)
+    pos = tl.load(POSITIONS + b).to(tl.int64)
+    if tl.program_id(2) == 0:
+        _store_vector(
+            K_NEW, K_CACHE, K_SCALES, b, head, row, pos,
+            stride_kb, stride_kh, stride_kr, stride_kch, stride_kn, stride_ksr, stride_ksh,
+            stride_ksn, D, K_Q8, BLOCK_D,
+        )  # fmt: skip
+    else:
+        _store_vector(
+            V_NEW, V_CACHE, V_SCALES, b, head, row, pos,
+            stride_vb, stride_vh, stride_vr, stride_vch, stride_vn, stride_vsr, stride_vsh,
+            stride_vsn, D, V_Q8, BLOCK_D,
+        )  # fmt: skip
 
-    cache (R, Hkv, S, D) float, or int8 Q8_0 codes with `scales` (R, Hkv, S, D // 32)
-    float16; positions (B,) integers."""
+
+def _check_part(name: str, new: torch.Tensor, parts: Sequence[torch.Tensor]) -> bool:
+    """Whether `parts` (cache,) or (codes, scales) can take `new` (B, Hkv, D); True for
+    Q8_0 codes. Raises ValueError naming `name` (keys, values) otherwise."""
     batch, kv_heads, dim = new.shape
+    cache = parts[0]
     if cache.dim() != 4 or cache.shape[1] != kv_heads or cache.shape[3] != dim:
-        raise ValueError(f"cache {tuple(cache.shape)} does not hold vectors of {tuple(new.shape)}")
-    if rows is None and batch > cache.shape[0]:
-        raise ValueError(f"{batch} sequences but {cache.shape[0]} cache rows")
-    if new.stride(-1) != 1 or cache.stride(-1) != 1 or tuple(positions.shape) != (batch,):
-        raise ValueError("new and cache must be contiguous along D, positions (B,)")
+        raise ValueError(
+            f"{name} cache {tuple(cache.shape)} does not hold vectors of {tuple(new.shape)}"
+        )
+    if new.stride(-1) != 1 or cache.stride(-1) != 1:
+        raise ValueError(f"new {name} and their cache must be contiguous along D")
     quantized = cache.dtype == torch.int8
     if quantized:
         check_head_dim(dim)
+        scales = parts[1] if len(parts) > 1 else None
         if scales is None or scales.shape != (*cache.shape[:3], dim // Q8_BLOCK):
-            raise ValueError("a q8_0 cache needs scales of shape (R, Hkv, S, D // 32)")
-    scale_strides = scales.stride()[:3] if quantized else (0, 0, 0)
-    _store_kernel[(batch, kv_heads)](
-        new, cache, scales if quantized else cache, positions if rows is None else rows,
-        positions, new.stride(0), new.stride(1), *cache.stride()[:3], *scale_strides,
-        dim, HAS_ROWS=rows is not None, Q8=quantized,
-        BLOCK_D=max(Q8_BLOCK, triton.next_power_of_2(dim)), **launch_options(new.device, batch),
+            raise ValueError(f"a q8_0 {name} cache needs scales of shape (R, Hkv, S, D // 32)")
+    return quantized
+
+
+def _strides(new: torch.Tensor, parts: Sequence[torch.Tensor], quantized: bool) -> list[int]:
+    """The kernel's strides of one part: new (b, head), cache and scales (row, head, pos)."""
+    scale_strides = parts[1].stride()[:3] if quantized else (0, 0, 0)
+    return [new.stride(0), new.stride(1), *parts[0].stride()[:3], *scale_strides]
+
+
+def store_token(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    key_parts: Sequence[torch.Tensor],
+    value_parts: Sequence[torch.Tensor],
+    rows: torch.Tensor | None,
+    positions: torch.Tensor,
+) -> None:
+    """Write keys and values (B, Hkv, D) at [rows[b], :, positions[b]] of their caches
+    (rows None: b), in one launch.
+
+    key_parts / value_parts: (cache,) with a float cache (R, Hkv, S, D), or (codes,
+    scales) with int8 Q8_0 codes and float16 scales (R, Hkv, S, D // 32); the two caches
+    may differ in type. positions (B,) integers. Raises ValueError for mismatched shapes."""
+    batch, kv_heads, dim = keys.shape
+    if values.shape != keys.shape or tuple(positions.shape) != (batch,):
+        raise ValueError(f"keys {tuple(keys.shape)}, values {tuple(values.shape)}, positions (B,)")
+    k_q8 = _check_part("keys", keys, key_parts)
+    v_q8 = _check_part("values", values, value_parts)
+    if rows is None and batch > min(key_parts[0].shape[0], value_parts[0].shape[0]):
+        raise ValueError(f"{batch} sequences but {key_parts[0].shape[0]} cache rows")
+    _store_kernel[(batch, kv_heads, 2)](  # a float cache stands in for absent scales
+        keys, key_parts[0], key_parts[-1], values, value_parts[0], value_parts[-1],
+        positions if rows is None else rows, positions,
+        *_strides(keys, key_parts, k_q8), *_strides(values, value_parts, v_q8),
+        dim, HAS_ROWS=rows is not None, K_Q8=k_q8, V_Q8=v_q8,
+        BLOCK_D=max(Q8_BLOCK, triton.next_power_of_2(dim)),
+        **launch_options(keys.device, batch),
     )  # fmt: skip
