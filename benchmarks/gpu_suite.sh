@@ -9,11 +9,12 @@
 #   benchmarks/gpu_suite.sh llama     # the same files side by side with llama.cpp's CUDA
 #                                     # llama-bench (benchmarks/llama_cpp_bench.py build --cuda)
 #   benchmarks/gpu_suite.sh 70b       # corral bench on the 70B Q4_K_M file
+#   benchmarks/gpu_suite.sh profile   # where a 7B Q4_K_M decode step spends its GPU time
 #
 # Results go to $OUT (default ./gpu-results). PYTHON picks the interpreter (default python3).
 set -euo pipefail
 
-STAGE=${1:?usage: benchmarks/gpu_suite.sh files|tests|kernels|bench|llama|70b}
+STAGE=${1:?usage: benchmarks/gpu_suite.sh files|tests|kernels|bench|llama|70b|profile}
 PYTHON=${PYTHON:-python3}
 SHAPED=${SHAPED:-/tmp/shaped}
 OUT=${OUT:-gpu-results}
@@ -56,6 +57,9 @@ llama)
 70b)
     "$PYTHON" -m corral.interfaces.cli bench -m "$(shaped Q4_K_M 70B)" -p 512 -n 128 -r 3 \
         2>&1 | tee "$OUT/bench-70B-Q4_K_M.md"
+    ;;
+profile)
+    "$PYTHON" benchmarks/profile_decode.py -m "$(shaped Q4_K_M 7B)" 2>&1 | tee "$OUT/profile.md"
     ;;
 *)
     echo "unknown stage $STAGE" >&2
