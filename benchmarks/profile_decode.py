@@ -1,4 +1,4 @@
-"""Where a one-token decode step spends its GPU time.
+"""Where a one-token decode step (or a prefill) spends its GPU time.
 
 Loads a model as `corral bench` does, then
 - times `--steps` one-token decode steps replayed from CUDA graphs (what tg128 measures),
@@ -8,7 +8,12 @@ Loads a model as `corral bench` does, then
 The gap between the graph step's wall time and the kernel time per step is time the GPU
 spends idle between kernels; the ranking says which kernels to make faster.
 
+`--prefill N` profiles one prefill of N tokens from position 0 instead (what ppN
+measures; no CUDA graphs there): its wall time against the summed kernel time says how
+much of it the GPU waits for the host to launch work.
+
     python benchmarks/profile_decode.py -m llama-2-7B-Q4_K_M.gguf --position 64 --steps 32
+    python benchmarks/profile_decode.py -m llama-2-7B-Q4_K_M.gguf --prefill 512
 """
 
 import argparse
@@ -51,6 +56,26 @@ def kernel_times(model: torch.nn.Module, first: int, steps: int) -> dict[str, tu
             torch.cuda.synchronize()
     finally:
         model.graphs = graphs
+    return per_kernel(prof, steps)
+
+
+def prefill_times(model: torch.nn.Module, n_tokens: int) -> tuple[float, dict]:
+    """(wall milliseconds, per-kernel times) of one prefill of n_tokens from position 0."""
+    ids = torch.randint(3, model.config.n_vocab, (1, n_tokens), device="cuda")  # (1, T)
+    model(ids, 0, last_only=True)  # warm-up
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    model(ids, 0, last_only=True)
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - start) * 1e3
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        model(ids, 0, last_only=True)
+        torch.cuda.synchronize()
+    return wall_ms, per_kernel(prof, 1)
+
+
+def per_kernel(prof: profile, steps: int) -> dict[str, tuple[float, int]]:
+    """Per GPU kernel name in a profile: (microseconds per step, launches per step)."""
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
@@ -65,17 +90,24 @@ def main() -> None:
     parser.add_argument("-m", "--model", type=Path, required=True)
     parser.add_argument("--position", type=int, default=64, help="cache position of step 1")
     parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--prefill", type=int, default=0, help="profile a prefill of N tokens")
     parser.add_argument("--top", type=int, default=25, help="kernels to list")
     args = parser.parse_args()
 
-    llm = LLM(args.model, n_ctx=args.position + args.steps + 1, device="cuda")
+    n_ctx = max(args.position + args.steps + 1, args.prefill)
+    llm = LLM(args.model, n_ctx=n_ctx, device="cuda")
     model = llm.model
-    model.setup_cache(1, args.position + args.steps + 1)
-    step_ms = graph_step_ms(model, args.position, args.steps)
-    times = kernel_times(model, args.position, args.steps)
+    model.setup_cache(1, n_ctx)
+    if args.prefill:
+        wall_ms, times = prefill_times(model, args.prefill)
+        what = f"prefill of {args.prefill} tokens: {wall_ms:.3f} ms"
+    else:
+        wall_ms = graph_step_ms(model, args.position, args.steps)
+        times = kernel_times(model, args.position, args.steps)
+        what = f"graph-replayed step: {wall_ms:.3f} ms"
     total_us = sum(us for us, _ in times.values())
     print(
-        f"graph-replayed step: {step_ms:.3f} ms; kernel time per step (eager): "
+        f"{what}; kernel time per step (eager): "
         f"{total_us / 1e3:.3f} ms in {sum(n for _, n in times.values())} kernels"
     )
     print("| kernel | us/step | launches/step | share |\n|---|---|---|---|")
