@@ -37,6 +37,7 @@ and b from the table in `corral.kernels.reference`.
 F16, BF16 and F32 are kept as a dense (N, K) tensor in `w`; the kernels use torch.matmul.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -123,10 +124,17 @@ def pack(raw: torch.Tensor, qtype: str, n_cols: int, rows_per_chunk: int = 1024)
     rows = raw.reshape(-1, row_bytes)  # (N, row_bytes)
     if rows.shape[0] == 0:
         raise ValueError(f"{qtype}: empty weight")
-    chunks = [
-        _PACKERS[qtype](rows[i : i + rows_per_chunk].reshape(-1, n_cols // block, type_size))
-        for i in range(0, rows.shape[0], rows_per_chunk)
-    ]  # each chunk: blocks (n, K / block, type_size)
+    starts = range(0, rows.shape[0], rows_per_chunk)
+
+    def pack_chunk(i: int) -> dict[str, torch.Tensor]:
+        """The packed tensors of rows i.. (blocks (n, K / block, type_size))."""
+        return _PACKERS[qtype](rows[i : i + rows_per_chunk].reshape(-1, n_cols // block, type_size))
+
+    if raw.device.type == "cpu" and len(starts) > 1:  # numba's loops release the GIL
+        with ThreadPoolExecutor(torch.get_num_threads()) as pool:
+            chunks = list(pool.map(pack_chunk, starts))
+    else:
+        chunks = [pack_chunk(i) for i in starts]
     tensors = {name: torch.cat([c[name] for c in chunks]) for name in chunks[0]}
     return PackedWeight(qtype, (rows.shape[0], n_cols), tensors)
 
@@ -153,7 +161,20 @@ def _runs(field: torch.Tensor, bits: int, run: int) -> torch.Tensor:
     """Quants (n, nb, k) uint8 of `bits` bits in runs of `run` bytes -> (n, nb, 8k / bits).
 
     Each run of bytes yields, from its lowest bit slice up, consecutive runs of weights.
+    On the CPU its numba twin does the work (torch's strided ops are slow there).
     """
+    n, nb, k = field.shape
+    if field.device.type != "cpu":
+        return runs_torch(field, bits, run)
+    from corral.kernels.cpu.bits import unpack_runs
+
+    out = torch.empty(n, nb, k * 8 // bits, dtype=torch.uint8)
+    unpack_runs(field.numpy(), bits, run, out.numpy())
+    return out
+
+
+def runs_torch(field: torch.Tensor, bits: int, run: int) -> torch.Tensor:
+    """`_runs` in torch ops (any device; the reference of the numba twin)."""
     n, nb, k = field.shape
     runs = field.reshape(n, nb, k // run, 1, run)  # (n, nb, runs, 1, run)
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=field.device).view(-1, 1)
@@ -166,12 +187,27 @@ def _words(values: torch.Tensor, bits: int, per_group: int, dtype: torch.dtype) 
 
     Weight e = 4 * j + w of a group goes to bits [bits*j, bits*(j+1)) of word w. The words
     are built byte by byte in uint8 (little-endian): byte p of word w holds the fields
-    j = F p + f, f < F = 8 / bits.
+    j = F p + f, f < F = 8 / bits. On the CPU its numba twin does the work.
     """
     n = values.shape[0]
-    per_byte, width = 8 // bits, dtype.itemsize
-    if per_group != 4 * width * per_byte:
+    width = dtype.itemsize
+    if per_group != 4 * width * (8 // bits):
         raise ValueError(f"{per_group} {bits}-bit fields do not fill 4 {dtype} words")
+    if values.device.type != "cpu":
+        return words_torch(values, bits, per_group, dtype)
+    from corral.kernels.cpu.bits import pack_words
+
+    out = torch.empty(n, values.shape[1] // per_group, 4, width, dtype=torch.uint8)
+    pack_words(values.to(torch.uint8).numpy(), bits, per_group, out.numpy())
+    return out.view(dtype).reshape(n, -1, 4)  # (n, groups, 4)
+
+
+def words_torch(
+    values: torch.Tensor, bits: int, per_group: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """`_words` in torch ops (any device; the reference of the numba twin)."""
+    n = values.shape[0]
+    per_byte, width = 8 // bits, dtype.itemsize
     fields = values.to(torch.uint8).reshape(n, -1, width, per_byte, 4)  # (n, groups, p, f, w)
     word_bytes = fields.new_zeros(n, fields.shape[1], 4, width)  # (n, groups, w, p)
     for f in range(per_byte):
