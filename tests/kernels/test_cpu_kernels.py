@@ -4,6 +4,7 @@ Every GGUF block type, on shapes whose row count picks each row block size, with
 activation rows (the fused kernel) and 17 (dequantize + matmul, over several chunks).
 """
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -53,6 +54,19 @@ def test_cpu_linear_keeps_leading_dims_and_dtype() -> None:
     x = torch.randn(2, 3, 256).to(torch.bfloat16)
     expected = x.float().matmul(oracle.T)  # (2, 3, 64)
     assert_close_to(cpu_linear(x, weight), expected, torch.bfloat16)
+
+
+def test_the_kernels_follow_torchs_thread_count() -> None:
+    weight, _ = cpu_weight("Q4_0", 64, 256)
+    x = torch.randn(1, 256)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, threads):
+            torch.set_num_threads(count)
+            cpu_linear(x, weight)
+            assert numba.get_num_threads() == min(count, numba.config.NUMBA_NUM_THREADS)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_row_blocks_divide_the_rows() -> None:
