@@ -20,9 +20,10 @@ Kernels launched plainly (torch's) keep stream order as always. In Triton's inte
 (CPU tests) the flag is off and both calls vanish at compile time.
 
 Only launches over a decode step's few rows use PDL (`rows` <= MAX_PDL_ROWS): with PDL on
-the norm, RoPE and elementwise kernels of prefill too, pp512 of a 7B Q4_K_M file on an
-H100 fell from ~9,700-11,000 to ~8,100 tokens/s (the prefill's matrix products are
-cuBLAS's; a dependent kernel launched early holds SM slots while it waits).
+the norm, RoPE and elementwise kernels of prefill too, the one pp512 run of a 7B Q4_K_M
+file on an H100 gave ~8,100 tokens/s against ~9,700-11,000 without (pp512 is noisy there;
+the likely cause: the prefill's matrix products are cuBLAS's, and a dependent kernel
+launched early holds SM slots while it waits).
 """
 
 import os
