@@ -9,8 +9,8 @@ The gap between the graph step's wall time and the kernel time per step is time 
 spends idle between kernels; the ranking says which kernels to make faster.
 
 `--prefill N` profiles one prefill of N tokens from position 0 instead (what ppN
-measures; no CUDA graphs there): its wall time against the summed kernel time says how
-much of it the GPU waits for the host to launch work.
+measures): its wall time replayed from a CUDA graph and eagerly, against the summed
+kernel time of the eager run, says how much of it the GPU waits for the host.
 
     python benchmarks/profile_decode.py -m llama-2-7B-Q4_K_M.gguf --position 64 --steps 32
     python benchmarks/profile_decode.py -m llama-2-7B-Q4_K_M.gguf --prefill 512
@@ -59,19 +59,31 @@ def kernel_times(model: torch.nn.Module, first: int, steps: int) -> dict[str, tu
     return per_kernel(prof, steps)
 
 
-def prefill_times(model: torch.nn.Module, n_tokens: int) -> tuple[float, dict]:
-    """(wall milliseconds, per-kernel times) of one prefill of n_tokens from position 0."""
-    ids = torch.randint(3, model.config.n_vocab, (1, n_tokens), device="cuda")  # (1, T)
-    model(ids, 0, last_only=True)  # warm-up
+def prefill_ms(model: torch.nn.Module, ids: torch.Tensor) -> float:
+    """Milliseconds of one last-token-only prefill of `ids` (1, T) from position 0, after
+    a warm-up call (which records the CUDA graph, when the model has prefill graphs)."""
+    model(ids, 0, last_only=True)
     torch.cuda.synchronize()
     start = time.perf_counter()
     model(ids, 0, last_only=True)
     torch.cuda.synchronize()
-    wall_ms = (time.perf_counter() - start) * 1e3
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        model(ids, 0, last_only=True)
-        torch.cuda.synchronize()
-    return wall_ms, per_kernel(prof, 1)
+    return (time.perf_counter() - start) * 1e3
+
+
+def prefill_times(model: torch.nn.Module, n_tokens: int) -> tuple[float, float, dict]:
+    """(graph-replayed wall ms, eager wall ms, eager per-kernel times) of one prefill of
+    n_tokens from position 0."""
+    ids = torch.randint(3, model.config.n_vocab, (1, n_tokens), device="cuda")  # (1, T)
+    graph_ms = prefill_ms(model, ids)
+    graphs, model.prefill_graphs = model.prefill_graphs, None
+    try:
+        eager_ms = prefill_ms(model, ids)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(ids, 0, last_only=True)
+            torch.cuda.synchronize()
+    finally:
+        model.prefill_graphs = graphs
+    return graph_ms, eager_ms, per_kernel(prof, 1)
 
 
 def per_kernel(prof: profile, steps: int) -> dict[str, tuple[float, int]]:
@@ -99,8 +111,9 @@ def main() -> None:
     model = llm.model
     model.setup_cache(1, n_ctx)
     if args.prefill:
-        wall_ms, times = prefill_times(model, args.prefill)
-        what = f"prefill of {args.prefill} tokens: {wall_ms:.3f} ms"
+        wall_ms, eager_ms, times = prefill_times(model, args.prefill)
+        what = f"prefill of {args.prefill} tokens from a graph: {wall_ms:.3f} ms"
+        what += f" (eager {eager_ms:.3f} ms)"
     else:
         wall_ms = graph_step_ms(model, args.position, args.steps)
         times = kernel_times(model, args.position, args.steps)

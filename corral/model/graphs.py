@@ -11,9 +11,11 @@ size changes as requests come and go) is padded to the next power of two by repe
 its last sequence: the copy computes the same key and value and writes them to the same
 cache entry, and its logits are dropped. So batches of 1..16 need 5 graphs per bucket,
 not 16.
+
+Prompt prefill has graphs of its own (corral.model.prefill_graphs), on the same base.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,49 @@ if TYPE_CHECKING:
     from corral.model.llama import Transformer
 
 BUCKET = 256
+
+
+def graph_device(model: "Transformer") -> torch.device:
+    """The one CUDA device the whole model is on; ValueError when there is none."""
+    devices = {layer.device for layer in model.layers}
+    devices.add(model.tok_embeddings.weight.device)
+    if len(devices) != 1 or next(iter(devices)).type != "cuda":
+        raise ValueError("CUDA graphs need the whole model on one CUDA device")
+    return next(iter(devices))
+
+
+class GraphRecorder:
+    """Records model steps as CUDA graphs into one memory pool; the base of the decode and
+    prefill graph sets. A graph's intermediate buffers come from the pool and may be
+    reused by any other graph of the set (they are dead between replays); its output
+    stays allocated for as long as the graph is kept."""
+
+    def __init__(self, model: "Transformer") -> None:
+        self.model = model
+        self.device = graph_device(model)
+        self._pool = None
+
+    def reset(self) -> None:
+        """Forget the recorded graphs (the KV cache they point into was replaced)."""
+        self._pool = None
+
+    def record(
+        self, step: Callable[[], torch.Tensor], warmups: int
+    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Run `step` `warmups` times on a side stream (lazy initialisation, Triton's
+        compilation), then record it: (the graph, its static output). The graph has not
+        run yet: replay it to fill the output."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(warmups):
+                step()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool), torch.inference_mode():
+            output = step()
+        self._pool = graph.pool()
+        return graph, output
 
 
 @dataclass
@@ -46,23 +91,17 @@ def pad_batch(
     return padded_tokens, padded_starts, list(rows) + [rows[-1]] * extra
 
 
-class DecodeGraphs:
+class DecodeGraphs(GraphRecorder):
     """Captured decode steps of one model, keyed by shape."""
 
     def __init__(self, model: "Transformer") -> None:
-        devices = {layer.device for layer in model.layers}
-        devices.add(model.tok_embeddings.weight.device)
-        if len(devices) != 1 or next(iter(devices)).type != "cuda":
-            raise ValueError("CUDA graphs need the whole model on one CUDA device")
-        self.model = model
-        self.device = next(iter(devices))
+        super().__init__(model)
         self._graphs: dict[tuple[int, int, bool, int], _Graph] = {}
-        self._pool = None
 
     def reset(self) -> None:
         """Forget the captured graphs (the KV cache they point into was replaced)."""
+        super().reset()
         self._graphs.clear()
-        self._pool = None
 
     def run(
         self, tokens: torch.Tensor, starts: Sequence[int], rows: Sequence[int] | None, end: int
@@ -89,18 +128,8 @@ class DecodeGraphs:
         written = min(batch, self.model.cache_batch)  # a padded batch repeats its last row
         rows = None if no_rows else torch.arange(batch, device=device).clamp(max=written - 1)
         saved = self._save_position_zero(written)
-        # warm up outside the graph (lazy initialisation, kernel autotuning), then record
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(2):
-                self.model.step(tokens, positions, rows, bucket)
-        torch.cuda.current_stream(device).wait_stream(stream)
+        graph, logits = self.record(lambda: self.model.step(tokens, positions, rows, bucket), 2)
         self._restore_position_zero(written, saved)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool), torch.inference_mode():
-            logits = self.model.step(tokens, positions, rows, bucket)
-        self._pool = graph.pool()
         entry = _Graph(graph, tokens, positions, rows, logits)
         self._graphs[key] = entry
         return entry

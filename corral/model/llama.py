@@ -1,6 +1,7 @@
 """The Llama transformer: embedding, N pre-norm blocks (attention + SwiGLU), norm, LM head."""
 
 from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,6 +17,9 @@ from corral.model.layers import (
     attention_span,
     rope_tables,
 )
+
+if TYPE_CHECKING:
+    from corral.model.prefill_graphs import PrefillGraphs
 
 
 class Block(nn.Module):
@@ -78,6 +82,7 @@ class Transformer(nn.Module):
         self.register_buffer("rope", torch.empty(0, config.rope_dim // 2, 2), persistent=False)
         self.n_positions = 0
         self.graphs: DecodeGraphs | None = None
+        self.prefill_graphs: PrefillGraphs | None = None
         # storage types of cached keys and values (corral.model.kv_cache; None: compute dtype)
         self.cache_types: tuple[str | None, str | None] = (None, None)
         # the tokens whose keys/values sit in cache row 0, for a caller that reuses them
@@ -86,9 +91,16 @@ class Transformer(nn.Module):
         self.cached_tokens: list[int] = []
 
     def use_cuda_graphs(self, enabled: bool = True) -> None:
-        """Replay one-token decode steps from captured CUDA graphs (all layers must be on
-        one CUDA device); see corral.model.graphs."""
-        self.graphs = DecodeGraphs(self) if enabled else None
+        """Replay one-token decode steps and prompt prefill chunks from recorded CUDA graphs
+        (all layers must be on one CUDA device); see corral.model.graphs and
+        corral.model.prefill_graphs."""
+        if not enabled:
+            self.graphs = self.prefill_graphs = None
+            return
+        from corral.model.prefill_graphs import PrefillGraphs  # imports Triton: CUDA only
+
+        self.graphs = DecodeGraphs(self)
+        self.prefill_graphs = PrefillGraphs(self)
 
     def use_fused_kernels(self, enabled: bool = True, devices: Collection[str] = ("cuda",)) -> None:
         """Run RMSNorm (with the residual add before it), RoPE, one-token attention, SwiGLU's
@@ -132,8 +144,9 @@ class Transformer(nn.Module):
                 layer.device,
                 self.cache_types,
             )
-        if self.graphs is not None:
-            self.graphs.reset()
+        for graphs in (self.graphs, self.prefill_graphs):
+            if graphs is not None:
+                graphs.reset()
 
     @property
     def cache_batch(self) -> int:
@@ -176,11 +189,15 @@ class Transformer(nn.Module):
             raise ValueError(f"positions up to {end} exceed the KV cache ({self.n_positions})")
         if self.graphs is not None and n_new == 1:
             return self.graphs.run(tokens, starts, rows, end)
+        prefill_graphs = self.prefill_graphs
+        if last_only and prefill_graphs is not None and prefill_graphs.fits(tokens, starts, rows):
+            return prefill_graphs.run(tokens, starts[0], rows)
         device = tokens.device
         offsets = torch.arange(n_new, device=device)  # (T,)
         positions = torch.tensor(starts, device=device)[:, None] + offsets  # (B|1, T)
         row_index = None if rows is None else torch.tensor(list(rows), device=device)  # (B,)
-        return self.step(tokens, positions, row_index, end, last_only=last_only, exact_end=True)
+        keep = torch.tensor([n_new - 1], device=device) if last_only else None  # (1,)
+        return self.step(tokens, positions, row_index, end, keep=keep, exact_end=True)
 
     def step(
         self,
@@ -189,11 +206,12 @@ class Transformer(nn.Module):
         rows: torch.Tensor | None,
         end: int,
         *,
-        last_only: bool = False,
+        keep: torch.Tensor | None = None,
         exact_end: bool = False,
     ) -> torch.Tensor:
         """forward() on tensors only, so a CUDA graph can capture it: `positions` (B|1, T),
         `rows` (B,) or None, every position below `end` (a Python int fixing the shapes);
+        `keep` (1,): the index of the one token whose logits to compute (None: all);
         `exact_end`: end is the largest position + 1, not a bound (lets attention skip
         its mask; see corral.model.layers.attention_span)."""
         x = self.tok_embeddings(tokens)  # (B, T, E)
@@ -211,9 +229,10 @@ class Transformer(nn.Module):
             x, pending = layer.forward_pending(
                 x.to(device), pending, layer_rope, layer_positions, span, layer_rows
             )
-        if last_only:
-            x = x[:, -1:]  # (B, 1, E)
-            pending = None if pending is None else pending[:, -1:]  # (B, 1, E)
+        if keep is not None:
+            keep = keep.to(x.device)
+            x = x.index_select(1, keep)  # (B, 1, E)
+            pending = None if pending is None else pending.index_select(1, keep)  # (B, 1, E)
         x = x.to(self.norm.weight.device)
         if pending is None:
             return self.output(self.norm(x)).float()

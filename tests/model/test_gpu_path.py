@@ -52,6 +52,25 @@ def test_tiny_models_on_gpu_match_llama_cpp(kind):
         assert greedy(llm, gold[f"prompt_{i}"].tolist(), len(expected)) == expected
 
 
+@pytest.mark.parametrize("kind", ["Q4_K_M", "Q8_0"])
+def test_prefill_graphs_match_llama_cpp(kind):
+    """Prompt chunks through the prefill CUDA graphs (corral.model.prefill_graphs): from
+    position 0 and after a cached prefix, padded to their bucket or not, then decode over
+    the pad tokens' cache entries."""
+    path = tiny_path(kind)
+    gold = golden(f"tiny-llama-{kind}.npz", path)
+    llm = corral.load(path, device="cuda", n_ctx=256)
+    graphs = llm.model.prefill_graphs
+    ids = torch.tensor(gold["input_ids"][None], dtype=torch.long, device="cuda")  # (1, 64)
+    for a, b in [(0, 37), (0, 2), (2, 7), (7, 20), (20, 40), (40, 60)]:
+        last = llm.model(ids[:, a:b], a, last_only=True)[0, 0].cpu().numpy()  # (V,)
+        assert np.abs(last - gold["logits"][b - 1]).max() < TINY_LLAMA_CPP_TOLERANCE
+    assert len(graphs) == 5  # buckets 64 and 2 from 0; 8, 16 and 32 after a prefix
+    for position in range(60, 64):  # decode over the entries the last chunk's pads wrote
+        logits = llm.model(ids[:, position : position + 1], position)[0, 0].cpu().numpy()
+        assert np.abs(logits - gold["logits"][position]).max() < TINY_LLAMA_CPP_TOLERANCE
+
+
 def test_partial_offload_matches_llama_cpp():
     path = tiny_path("Q4_K_M")
     gold = golden("tiny-llama-Q4_K_M.npz", path)
