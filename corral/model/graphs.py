@@ -63,6 +63,11 @@ class GraphRecorder:
             for _ in range(warmups):
                 step()
         torch.cuda.current_stream(self.device).wait_stream(stream)
+        # the graph's buffers come from its own pool, and nothing can be freed while it
+        # records: give the warm-up's cached blocks back first (a prefill's transient
+        # dequantized weight is hundreds of MB)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool), torch.inference_mode():
             output = step()
