@@ -158,17 +158,21 @@ class Attention(nn.Module):
         if self.cache is None:
             raise RuntimeError("Attention.cache is not set up: call Transformer.setup_cache")
         if self.fused:
+            from corral.kernels.triton.kv_store import store_tokens
             from corral.kernels.triton.rope import apply_rope_qk
 
             q, k = apply_rope_qk(q, k, rope)
+            store_tokens(k, v, self.cache.k.parts, self.cache.v.parts, rows, positions)
+            if n_new == 1:
+                return self.wo(self.decode(q, rows, span))
+            if not (span.causal and not self.cache.quantized):
+                return self.wo(self.prefill(q, rows, span.starts))
+            k, v = self.cache.read(rows, batch, span.end)  # (B, Hkv, end, D)
         else:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
-        if self.fused and n_new == 1:
-            return self.wo(self.decode(q, k, v, rows, span))
-        if self.fused and not (span.causal and not self.cache.quantized):
-            return self.wo(self.prefill(q, k, v, rows, positions, span.starts))
-        k, v = self.cache.update(rows, positions, k, v, span.end)  # (B, Hkv, end, D)
+            k, v = (t.transpose(1, 2) for t in (k, v))  # (B, Hkv, T, D)
+            k, v = self.cache.update(rows, positions, k, v, span.end)  # (B, Hkv, end, D)
+        q = q.transpose(1, 2)  # (B, H, T, D)
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -181,24 +185,17 @@ class Attention(nn.Module):
         return self.wo(out)
 
     def decode(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        rows: torch.Tensor | None,
-        span: AttentionSpan,
+        self, q: torch.Tensor, rows: torch.Tensor | None, span: AttentionSpan
     ) -> torch.Tensor:
-        """One new token per sequence through the flash-decoding kernel, which reads the
-        cache in place (Q8_0 codes too) up to each sequence's position (`span.starts`):
-        q (B, H, 1, D), k, v (B, Hkv, 1, D) -> (B, 1, H*D)."""
+        """One new token per sequence, its key and value already stored, through the
+        flash-decoding kernel, which reads the cache in place (Q8_0 codes too) up to each
+        sequence's position (`span.starts`): q (B, 1, H, D) -> (B, 1, H*D)."""
         from corral.kernels.triton.attention import decode_attention
-        from corral.kernels.triton.kv_store import store_token
 
         batch = q.shape[0]
         keys, values = self.cache.k.parts, self.cache.v.parts
-        store_token(k[:, :, 0], v[:, :, 0], keys, values, rows, span.starts)
         out = decode_attention(
-            q[:, :, 0],  # (B, H, D)
+            q[:, 0],  # (B, H, D)
             keys[0],
             values[0],
             rows,
@@ -211,25 +208,18 @@ class Attention(nn.Module):
         return out.view(batch, 1, self.n_head * self.head_dim)  # (B, 1, H*D)
 
     def prefill(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        rows: torch.Tensor | None,
-        positions: torch.Tensor,
-        starts: torch.Tensor,
+        self, q: torch.Tensor, rows: torch.Tensor | None, starts: torch.Tensor
     ) -> torch.Tensor:
-        """Several new tokens per sequence at `positions` (B|1, T), from `starts` (B,), after
-        a cached prefix or over a q8_0 cache, through the Triton attention kernel that reads
-        the cache in place: q (B, H, T, D), k, v (B, Hkv, T, D) -> (B, T, H*D). (From
-        position 0 over a float cache, SDPA's flash attention is used instead.)"""
+        """Several new tokens per sequence from `starts` (B,), their keys and values
+        already stored, after a cached prefix or over a q8_0 cache, through the Triton
+        attention kernel that reads the cache in place: q (B, T, H, D) -> (B, T, H*D).
+        (From position 0 over a float cache, SDPA's flash attention is used instead.)"""
         from corral.kernels.triton.prefill_attention import prefill_attention
 
-        batch, _, n_new, _ = q.shape
-        self.cache.write(rows, positions, k, v)
+        batch, n_new = q.shape[:2]
         keys, values = self.cache.k.parts, self.cache.v.parts
         out = prefill_attention(
-            q.transpose(1, 2),  # (B, T, H, D)
+            q,
             keys[0],
             values[0],
             rows,

@@ -1,64 +1,97 @@
-"""`store_token` (one decode token's keys and values into the KV cache, one kernel) against
-the torch path KVCache.write, whose q8_0 blocks equal gguf-py's quantizer
+"""`store_tokens` (new tokens' keys and values into the KV cache, one kernel) against the
+torch path KVCache.write, whose q8_0 blocks equal gguf-py's quantizer
 (tests/model/test_kv_cache_q8.py): every cache type, keys and values of different types,
-rows given or not, irregular head dims, and ties of the rounding."""
+one token per sequence (decode) or several (prefill) at shared or per-sequence positions,
+rows given or not, strided views, irregular head dims, more heads than one program's
+tile, and ties of the rounding."""
 
 import pytest
 import torch
 
-from corral.kernels.triton.kv_store import store_token
+from corral.kernels.triton.kv_store import store_tokens
 from corral.model.kv_cache import KVCache
 
 
 def caches(
-    key_type: str, dim: int, device: str, value_type: str | None = None
+    key_type: str, dim: int, device: str, value_type: str | None = None, heads: int = 3
 ) -> tuple[KVCache, KVCache]:
-    """Two equal caches of 5 rows, 3 KV heads, 12 positions holding random old entries."""
+    """Two equal caches of 5 rows, `heads` KV heads, 12 positions holding random old entries."""
     types = (key_type, value_type or key_type)
-    made = [KVCache(5, 12, 3, dim, torch.float32, torch.device(device), types) for _ in range(2)]
-    old = torch.randn(5, 3, 12, dim, generator=torch.Generator().manual_seed(dim)).to(device)
+    shape = (5, heads, 12, dim)
+    made = [KVCache(5, 12, heads, dim, torch.float32, torch.device(device), types) for _ in "ab"]
+    old = torch.randn(shape, generator=torch.Generator().manual_seed(dim)).to(device)
     everywhere = torch.arange(12, device=device)[None]  # (1, S)
     for cache in made:
         cache.write(None, everywhere, old, old)
     return made[0], made[1]
 
 
-@pytest.mark.parametrize("types", ["f32", "f16", "bf16", "q8_0", "q8_0/f16", "f16/q8_0"])
-@pytest.mark.parametrize("with_rows", [False, True])
-def test_store_equals_the_torch_path(types: str, with_rows: bool, device: str):
-    dim = 64
-    key_type, _, value_type = types.partition("/")  # "q8_0/f16": keys q8_0, values f16
-    ours, torch_path = caches(key_type, dim, device, value_type or None)
-    gen = torch.Generator().manual_seed(3)
-    new = torch.randn(3, 3, dim, generator=gen).to(device)
-    new[0, 1, :32] = 0  # an all-zero block
-    edge = torch.tensor([0.5, -0.5, 1.5, 127.0], device=device)  # codes at rounding edges
-    new[1, 2, :4] = edge * (new[1, 2, 4:32].abs().max() / 127)
-    rows = torch.tensor([4, 0, 2], device=device) if with_rows else None
-    positions = torch.tensor([11, 0, 5], device=device)
-    store_token(new, -new, ours.k.parts, ours.v.parts, rows, positions)
-    torch_path.write(rows, positions[:, None], new[:, :, None], -new[:, :, None])
+def assert_same(ours: KVCache, torch_path: KVCache) -> None:
     for mine, reference in zip(
         [*ours.k.parts, *ours.v.parts], [*torch_path.k.parts, *torch_path.v.parts], strict=True
     ):
         assert torch.equal(mine, reference)
+
+
+def stored_both_ways(
+    ours: KVCache,
+    torch_path: KVCache,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    rows: torch.Tensor | None,
+    positions: torch.Tensor,
+) -> None:
+    """keys, values (B, T, Hkv, D) at positions (B|1, T): by the kernel into `ours`, by
+    KVCache.write (which takes (B, Hkv, T, D)) into `torch_path`."""
+    store_tokens(keys, values, ours.k.parts, ours.v.parts, rows, positions)
+    torch_path.write(rows, positions, keys.transpose(1, 2), values.transpose(1, 2))
+    assert_same(ours, torch_path)
+
+
+@pytest.mark.parametrize("types", ["f32", "f16", "bf16", "q8_0", "q8_0/f16", "f16/q8_0"])
+@pytest.mark.parametrize("with_rows", [False, True])
+def test_one_token_per_sequence_equals_the_torch_path(types: str, with_rows: bool, device: str):
+    dim = 64
+    key_type, _, value_type = types.partition("/")  # "q8_0/f16": keys q8_0, values f16
+    ours, torch_path = caches(key_type, dim, device, value_type or None)
+    gen = torch.Generator().manual_seed(3)
+    new = torch.randn(3, 1, 3, dim, generator=gen).to(device)  # (B, 1, Hkv, D)
+    new[0, 0, 1, :32] = 0  # an all-zero block
+    edge = torch.tensor([0.5, -0.5, 1.5, 127.0], device=device)  # codes at rounding edges
+    new[1, 0, 2, :4] = edge * (new[1, 0, 2, 4:32].abs().max() / 127)
+    rows = torch.tensor([4, 0, 2], device=device) if with_rows else None
+    positions = torch.tensor([[11], [0], [5]], device=device)  # (B, 1)
+    stored_both_ways(ours, torch_path, new, -new, rows, positions)
+
+
+@pytest.mark.parametrize("types", ["f16", "q8_0", "q8_0/bf16"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_several_tokens_per_sequence_equal_the_torch_path(types: str, shared: bool, device: str):
+    key_type, _, value_type = types.partition("/")
+    ours, torch_path = caches(key_type, 64, device, value_type or None, heads=19)
+    gen = torch.Generator().manual_seed(5)
+    qkv = torch.randn(2, 7, 3 * 19 * 64, generator=gen).to(device)  # a fused projection
+    keys = qkv[..., 19 * 64 : 38 * 64].view(2, 7, 19, 64)  # (B, T, Hkv, D) strided views
+    values = qkv[..., 38 * 64 :].view(2, 7, 19, 64)
+    offsets = torch.arange(7, device=device)[None]  # (1, T)
+    positions = offsets + (2 if shared else torch.tensor([[4], [1]], device=device))  # (B|1, T)
+    rows = torch.tensor([3, 1], device=device)
+    stored_both_ways(ours, torch_path, keys, values, rows, positions)
 
 
 @pytest.mark.parametrize(("cache_type", "dim"), [("f16", 80), ("q8_0", 96)])
 def test_head_dims_that_are_not_powers_of_two(cache_type: str, dim: int, device: str):
     ours, torch_path = caches(cache_type, dim, device)
-    new = torch.randn(2, 3, dim, generator=torch.Generator().manual_seed(4)).to(device)
-    positions = torch.tensor([3, 7], device=device)
-    store_token(new, 2 * new, ours.k.parts, ours.v.parts, None, positions)
-    torch_path.write(None, positions[:, None], new[:, :, None], 2 * new[:, :, None])
-    for mine, reference in zip(
-        [*ours.k.parts, *ours.v.parts], [*torch_path.k.parts, *torch_path.v.parts], strict=True
-    ):
-        assert torch.equal(mine, reference)
+    new = torch.randn(2, 3, 3, dim, generator=torch.Generator().manual_seed(4)).to(device)
+    positions = torch.tensor([[3, 4, 5], [7, 8, 9]], device=device)
+    stored_both_ways(ours, torch_path, new, 2 * new, None, positions)
 
 
 def test_mismatched_shapes_are_refused(device: str):
     cache, _ = caches("f16", 64, device)
+    new = torch.zeros(1, 1, 2, 64, device=device)
     with pytest.raises(ValueError, match="does not hold vectors"):
-        new = torch.zeros(1, 2, 64, device=device)
-        store_token(new, new, cache.k.parts, cache.v.parts, None, torch.zeros(1, device=device))
+        store_tokens(new, new, cache.k.parts, cache.v.parts, None, torch.zeros(1, 1, device=device))
+    new = torch.zeros(1, 2, 3, 64, device=device)
+    with pytest.raises(ValueError, match="positions"):
+        store_tokens(new, new, cache.k.parts, cache.v.parts, None, torch.zeros(1, 3, device=device))

@@ -1,13 +1,17 @@
-"""Write one new token's keys and values into the KV cache in one kernel (decode steps).
+"""Write new tokens' keys and values into the KV cache in one kernel (decode and prefill).
 
 The torch path (corral.model.kv_cache.KVCache.write) indexes the cache with tensors of
-rows and positions (index_put), and for a q8_0 cache first quantizes with a dozen
-elementwise ops. Here one program per (sequence, KV head, keys or values) reads the new
-vector, converts
-it to the cache's float type or quantizes it to Q8_0 blocks exactly as
-`corral.kernels.kv_q8.quantize_q8_0` does (d = max|x| / 127, code = round half away from
-zero of x / d with an IEEE division, d stored as float16), and stores it at
-[rows[b], head, positions[b]]. Rows and positions are read on the GPU: CUDA-graph safe.
+rows and positions (index_put, one launch per stored tensor), and for a q8_0 cache first
+quantizes with a dozen elementwise ops. Here one program per (token, block of KV heads,
+keys or values) reads the new vectors, converts them to the cache's float type or
+quantizes them to Q8_0 blocks exactly as `corral.kernels.kv_q8.quantize_q8_0` does
+(d = max|x| / 127, code = round half away from zero of x / d with an IEEE division, d
+stored as float16), and stores them at [rows[b], head, positions[b, t]]. Rows and
+positions are read on the GPU and the grid depends on shapes only: CUDA-graph safe.
+
+Launch: a program's tile is BLOCK_H heads of BLOCK_D values (about TILE values: 8 heads
+of 128), 4 warps for a full tile, so each thread moves one 16-byte vector of a 16-bit
+cache; a decode step of a 7B model (32 KV heads) is 8 programs, a 512-token prefill 4096.
 """
 
 from collections.abc import Sequence
@@ -19,72 +23,84 @@ import triton.language as tl
 from corral.kernels.kv_q8 import Q8_BLOCK, check_head_dim
 from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
 
+TILE = 1024  # values per program's tile (BLOCK_H * BLOCK_D), at most
+
 
 @triton.jit
-def _store_vector(
-    NEW, CACHE, SCALES, b, head, row, pos,
-    stride_nb, stride_nh, stride_cr, stride_ch, stride_cn, stride_sr, stride_sh, stride_sn,
-    D, Q8: tl.constexpr, BLOCK_D: tl.constexpr,
+def _store_heads(
+    NEW, CACHE, SCALES, b, t, h0, row, pos, n_heads,
+    stride_nb, stride_nt, stride_nh, stride_cr, stride_ch, stride_cn,
+    stride_sr, stride_sh, stride_sn,
+    D, Q8: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """NEW[b, head] (D values) into CACHE[row, head, pos] (and its Q8_0 SCALES)."""
-    offs = tl.arange(0, BLOCK_D)
-    inside = offs < D
-    x = tl.load(NEW + b * stride_nb + head * stride_nh + offs, mask=inside, other=0.0)
-    x = x.to(tl.float32)  # (BLOCK_D,), 0 past D
-    target = CACHE + row * stride_cr + head * stride_ch + pos * stride_cn
+    """NEW[b, t, h0:h0+BLOCK_H] (D values each) into CACHE[row, heads, pos] (and its Q8_0
+    SCALES)."""
+    hs = h0 + tl.arange(0, BLOCK_H)  # (BLOCK_H,)
+    offs = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+    heads_in = hs < n_heads
+    mask = heads_in[:, None] & (offs < D)[None, :]  # (BLOCK_H, BLOCK_D)
+    new_offs = b * stride_nb + t * stride_nt + hs[:, None] * stride_nh + offs[None, :]
+    x = tl.load(NEW + new_offs, mask=mask, other=0.0).to(tl.float32)  # (BLOCK_H, BLOCK_D)
+    target = CACHE + row * stride_cr + hs[:, None] * stride_ch + pos * stride_cn + offs[None, :]
     if Q8:
-        blocks = tl.reshape(x, [BLOCK_D // 32, 32])  # (BLOCK_D/32, 32)
-        scale = tl.max(tl.abs(blocks), 1) / 127.0  # (D/32,)
-        ones = tl.full([BLOCK_D // 32], 1.0, tl.float32)
+        blocks = tl.reshape(x, [BLOCK_H, BLOCK_D // 32, 32])  # (BLOCK_H, BLOCK_D/32, 32)
+        scale = tl.max(tl.abs(blocks), 2) / 127.0  # (BLOCK_H, BLOCK_D/32)
+        ones = tl.full([BLOCK_H, BLOCK_D // 32], 1.0, tl.float32)
         safe = tl.where(scale == 0.0, ones, scale)  # no 1/0 for an all-zero block
         inverse = tl.where(scale == 0.0, 0.0, tl.math.div_rn(ones, safe))
-        scaled = blocks * inverse[:, None]
+        scaled = blocks * inverse[:, :, None]
         codes = tl.where(scaled < 0, -1.0, 1.0) * tl.floor(tl.abs(scaled) + 0.5)  # C's roundf
-        codes = tl.reshape(codes, [BLOCK_D])  # (BLOCK_D/32, 32) -> (BLOCK_D,)
-        tl.store(target + offs, codes.to(tl.int8), mask=inside)
+        codes = tl.reshape(codes, [BLOCK_H, BLOCK_D])  # back to whole head rows
+        tl.store(target, codes.to(tl.int8), mask=mask)
         block = tl.arange(0, BLOCK_D // 32)
-        scale_offs = row * stride_sr + head * stride_sh + pos * stride_sn + block
-        tl.store(SCALES + scale_offs, scale.to(tl.float16), mask=block < D // 32)
+        scale_offs = row * stride_sr + hs[:, None] * stride_sh + pos * stride_sn + block[None, :]
+        scale_mask = heads_in[:, None] & (block < D // 32)[None, :]  # (BLOCK_H, BLOCK_D/32)
+        tl.store(SCALES + scale_offs, scale.to(tl.float16), mask=scale_mask)
     else:
-        tl.store(target + offs, x.to(CACHE.dtype.element_ty), mask=inside)
+        tl.store(target, x.to(CACHE.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _store_kernel(
     K_NEW, K_CACHE, K_SCALES, V_NEW, V_CACHE, V_SCALES, ROWS, POSITIONS,
-    stride_kb, stride_kh, stride_kr, stride_kch, stride_kn, stride_ksr, stride_ksh, stride_ksn,
-    stride_vb, stride_vh, stride_vr, stride_vch, stride_vn, stride_vsr, stride_vsh, stride_vsn,
+    T, n_heads, stride_pb, stride_pt,
+    stride_kb, stride_kt, stride_kh, stride_kr, stride_kch, stride_kn,
+    stride_ksr, stride_ksh, stride_ksn,
+    stride_vb, stride_vt, stride_vh, stride_vr, stride_vch, stride_vn,
+    stride_vsr, stride_vsh, stride_vsn,
     D, HAS_ROWS: tl.constexpr, K_Q8: tl.constexpr, V_Q8: tl.constexpr,
-    BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    """Program (sequence, KV head, part): part 0 stores the key, part 1 the value."""
+    """Program (token, head block, part): part 0 stores keys, part 1 values."""
     release_dependents(PDL)
     wait_for_inputs(PDL)
-    b = tl.program_id(0)
-    head = tl.program_id(1)
+    token = tl.program_id(0).to(tl.int64)
+    b = token // T
+    t = token % T
+    h0 = tl.program_id(1) * BLOCK_H
     if HAS_ROWS:
         row = tl.load(ROWS + b).to(tl.int64)
     else:
-        row = b.to(tl.int64)
-    pos = tl.load(POSITIONS + b).to(tl.int64)
+        row = b
+    pos = tl.load(POSITIONS + b * stride_pb + t * stride_pt).to(tl.int64)
     if tl.program_id(2) == 0:
-        _store_vector(
-            K_NEW, K_CACHE, K_SCALES, b, head, row, pos,
-            stride_kb, stride_kh, stride_kr, stride_kch, stride_kn, stride_ksr, stride_ksh,
-            stride_ksn, D, K_Q8, BLOCK_D,
+        _store_heads(
+            K_NEW, K_CACHE, K_SCALES, b, t, h0, row, pos, n_heads,
+            stride_kb, stride_kt, stride_kh, stride_kr, stride_kch, stride_kn,
+            stride_ksr, stride_ksh, stride_ksn, D, K_Q8, BLOCK_H, BLOCK_D,
         )  # fmt: skip
     else:
-        _store_vector(
-            V_NEW, V_CACHE, V_SCALES, b, head, row, pos,
-            stride_vb, stride_vh, stride_vr, stride_vch, stride_vn, stride_vsr, stride_vsh,
-            stride_vsn, D, V_Q8, BLOCK_D,
+        _store_heads(
+            V_NEW, V_CACHE, V_SCALES, b, t, h0, row, pos, n_heads,
+            stride_vb, stride_vt, stride_vh, stride_vr, stride_vch, stride_vn,
+            stride_vsr, stride_vsh, stride_vsn, D, V_Q8, BLOCK_H, BLOCK_D,
         )  # fmt: skip
 
 
 def _check_part(name: str, new: torch.Tensor, parts: Sequence[torch.Tensor]) -> bool:
-    """Whether `parts` (cache,) or (codes, scales) can take `new` (B, Hkv, D); True for
+    """Whether `parts` (cache,) or (codes, scales) can take `new` (B, T, Hkv, D); True for
     Q8_0 codes. Raises ValueError naming `name` (keys, values) otherwise."""
-    batch, kv_heads, dim = new.shape
+    kv_heads, dim = new.shape[2:]
     cache = parts[0]
     if cache.dim() != 4 or cache.shape[1] != kv_heads or cache.shape[3] != dim:
         raise ValueError(
@@ -102,12 +118,19 @@ def _check_part(name: str, new: torch.Tensor, parts: Sequence[torch.Tensor]) -> 
 
 
 def _strides(new: torch.Tensor, parts: Sequence[torch.Tensor], quantized: bool) -> list[int]:
-    """The kernel's strides of one part: new (b, head), cache and scales (row, head, pos)."""
+    """The kernel's strides of one part: new (b, t, head), cache and scales (row, head, pos)."""
     scale_strides = parts[1].stride()[:3] if quantized else (0, 0, 0)
-    return [new.stride(0), new.stride(1), *parts[0].stride()[:3], *scale_strides]
+    return [*new.stride()[:3], *parts[0].stride()[:3], *scale_strides]
 
 
-def store_token(
+def launch_config(dim: int, heads: int) -> tuple[int, int, int]:
+    """(BLOCK_H, BLOCK_D, num_warps) for heads of `dim` values; see the module docstring."""
+    block_d = max(Q8_BLOCK, triton.next_power_of_2(dim))
+    block_h = min(triton.next_power_of_2(heads), max(1, TILE // block_d))
+    return block_h, block_d, min(4, max(1, block_h * block_d // 256))
+
+
+def store_tokens(
     keys: torch.Tensor,
     values: torch.Tensor,
     key_parts: Sequence[torch.Tensor],
@@ -115,24 +138,38 @@ def store_token(
     rows: torch.Tensor | None,
     positions: torch.Tensor,
 ) -> None:
-    """Write keys and values (B, Hkv, D) at [rows[b], :, positions[b]] of their caches
-    (rows None: b), in one launch.
+    """Write keys and values (B, T, Hkv, D) at [rows[b], :, positions[b or 0, t]] of their
+    caches (rows None: b), in one launch.
 
-    key_parts / value_parts: (cache,) with a float cache (R, Hkv, S, D), or (codes,
-    scales) with int8 Q8_0 codes and float16 scales (R, Hkv, S, D // 32); the two caches
-    may differ in type. positions (B,) integers. Raises ValueError for mismatched shapes."""
-    batch, kv_heads, dim = keys.shape
-    if values.shape != keys.shape or tuple(positions.shape) != (batch,):
-        raise ValueError(f"keys {tuple(keys.shape)}, values {tuple(values.shape)}, positions (B,)")
+    keys / values: any strides but a contiguous D (views of a projection's output are
+    read in place). key_parts / value_parts: (cache,) with a float cache (R, Hkv, S, D),
+    or (codes, scales) with int8 Q8_0 codes and float16 scales (R, Hkv, S, D // 32); the
+    two caches may differ in type. positions (B or 1, T) integers, read on the GPU.
+    Raises ValueError for mismatched shapes."""
+    if keys.dim() != 4 or values.shape != keys.shape:
+        raise ValueError(
+            f"keys {tuple(keys.shape)} and values {tuple(values.shape)}: (B, T, Hkv, D)"
+        )
+    batch, n_tokens, kv_heads, dim = keys.shape
+    if positions.dim() != 2 or positions.shape[0] not in (1, batch):
+        raise ValueError(f"positions {tuple(positions.shape)}: expected ({batch} or 1, {n_tokens})")
+    if positions.shape[1] != n_tokens:
+        raise ValueError(f"positions {tuple(positions.shape)}: expected ({batch} or 1, {n_tokens})")
     k_q8 = _check_part("keys", keys, key_parts)
     v_q8 = _check_part("values", values, value_parts)
     if rows is None and batch > min(key_parts[0].shape[0], value_parts[0].shape[0]):
         raise ValueError(f"{batch} sequences but {key_parts[0].shape[0]} cache rows")
-    _store_kernel[(batch, kv_heads, 2)](  # a float cache stands in for absent scales
+    if batch * n_tokens == 0:
+        return
+    block_h, block_d, num_warps = launch_config(dim, kv_heads)
+    grid = (batch * n_tokens, triton.cdiv(kv_heads, block_h), 2)
+    position_batch_stride = positions.stride(0) if positions.shape[0] == batch else 0
+    _store_kernel[grid](  # a float cache stands in for absent scales
         keys, key_parts[0], key_parts[-1], values, value_parts[0], value_parts[-1],
         positions if rows is None else rows, positions,
+        n_tokens, kv_heads, position_batch_stride, positions.stride(1),
         *_strides(keys, key_parts, k_q8), *_strides(values, value_parts, v_q8),
         dim, HAS_ROWS=rows is not None, K_Q8=k_q8, V_Q8=v_q8,
-        BLOCK_D=max(Q8_BLOCK, triton.next_power_of_2(dim)),
-        **launch_options(keys.device, batch),
+        BLOCK_H=block_h, BLOCK_D=block_d, num_warps=num_warps,
+        **launch_options(keys.device, batch * n_tokens),
     )  # fmt: skip
