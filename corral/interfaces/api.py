@@ -66,8 +66,8 @@ class LLM:
             ones; the rest, the embedding and the LM head stay on the CPU unless all layers
             fit, and a split model computes in bfloat16); default as many as free GPU memory
             holds. See corral.placement.
-        cuda_graphs: replay one-token decode steps from CUDA graphs when the whole model is
-            on one GPU (corral.model.graphs).
+        cuda_graphs: replay one-token decode steps and prompt chunks from CUDA graphs when
+            the whole model is on one GPU (corral.model.graphs, corral.model.prefill_graphs).
         cache_type_k, cache_type_v: how the KV cache stores keys and values (llama.cpp's
             -ctk/-ctv): "f32", "f16", "bf16" or "q8_0" (8.5 bits per value); default the
             compute dtype. See corral.model.kv_cache.
