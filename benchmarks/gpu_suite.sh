@@ -9,7 +9,8 @@
 #   benchmarks/gpu_suite.sh llama     # the same files side by side with llama.cpp's CUDA
 #                                     # llama-bench (benchmarks/llama_cpp_bench.py build --cuda)
 #   benchmarks/gpu_suite.sh 70b       # corral bench on the 70B Q4_K_M file
-#   benchmarks/gpu_suite.sh profile   # where a 7B Q4_K_M decode step spends its GPU time
+#   benchmarks/gpu_suite.sh profile   # where a 7B Q4_K_M decode step and a 512-token
+#                                     # prefill (graph-replayed and eager) spend GPU time
 #
 # Results go to $OUT (default ./gpu-results). PYTHON picks the interpreter (default python3).
 # That machine has no network: run benchmarks/gpu_prepare.sh here first and carry `.gpu`
@@ -76,6 +77,8 @@ llama)
     ;;
 profile)
     "$PYTHON" benchmarks/profile_decode.py -m "$(shaped Q4_K_M 7B)" 2>&1 | tee "$OUT/profile.md"
+    "$PYTHON" benchmarks/profile_decode.py -m "$(shaped Q4_K_M 7B)" --prefill 512 2>&1 |
+        tee "$OUT/profile-prefill.md"
     ;;
 *)
     echo "unknown stage $STAGE" >&2
