@@ -132,13 +132,38 @@ class Cursor:
         return _U64.unpack_from(self.buf, self.take(8, where, what))[0]
 
     def string(self, where: str, what: str = "string") -> str:
-        """Read a length-prefixed strict UTF-8 string (the hot loop of vocabulary reading)."""
+        """Read a length-prefixed strict UTF-8 string."""
         length = self.u64(where, what)
         start = self.take(length, where, what)
         try:
             return str(self.buf[start : start + length], "utf-8")
         except UnicodeDecodeError as exc:
             raise self.error(where, f"{what} is not valid UTF-8 ({exc.reason})") from None
+
+    def strings(self, count: int, where: str, what: str = "array string") -> list[str]:
+        """Read `count` strings as `string` does, in one loop without its per-call checks
+        (a vocabulary is ~10^5 of them); the same errors at the same offsets."""
+        buf, pos, end = self.buf, self.pos, len(self.buf)
+        unpack = _U64.unpack_from
+        out: list[str] = []
+        append = out.append
+        for _ in range(count):
+            if end - pos < 8:
+                self.pos = pos
+                self.require(8, where, what)
+            (length,) = unpack(buf, pos)
+            pos += 8
+            if end - pos < length:
+                self.pos = pos
+                self.require(length, where, what)
+            try:
+                append(str(buf[pos : pos + length], "utf-8"))
+            except UnicodeDecodeError as exc:
+                self.pos = pos + length
+                raise self.error(where, f"{what} is not valid UTF-8 ({exc.reason})") from None
+            pos += length
+        self.pos = pos
+        return out
 
     def value_type(self, where: str, what: str) -> GGUFValueType:
         """Read a uint32 metadata value type, refusing ids GGUF does not define."""
@@ -178,7 +203,7 @@ def _read_array(cur: Cursor, where: str, depth: int) -> Any:
     count = cur.u64(where, "array length")
     cur.require(count * _min_nbytes(elem_type), where, f"array of {count} {elem_type.name}")
     if elem_type == GGUFValueType.STRING:
-        return [cur.string(where, "array string") for _ in range(count)]
+        return cur.strings(count, where)
     if elem_type == GGUFValueType.ARRAY:
         return [_read_array(cur, f"{where}[{i}]", depth + 1) for i in range(count)]
     return _read_numbers(cur, elem_type, count, where)

@@ -75,7 +75,10 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.tok_embeddings = nn.Embedding(config.n_vocab, config.n_embd)
+        # given an empty weight, nn.Embedding skips its random init, whose first call on
+        # "meta" imports torch._dynamo (1.5-2.5 s of every load)
+        empty = torch.empty(config.n_vocab, config.n_embd)  # (V, E)
+        self.tok_embeddings = nn.Embedding(config.n_vocab, config.n_embd, _weight=empty)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.n_embd, config.rms_eps)
         self.output = nn.Linear(config.n_embd, config.n_vocab, bias=False)

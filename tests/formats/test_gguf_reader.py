@@ -359,6 +359,12 @@ def test_string_value_longer_than_the_file(tmp_path: pathlib.Path) -> None:
     refused(tmp_path, gguf_file(kvs), "metadata key 's'", f"needs {2**62} bytes")
 
 
+def test_string_array_cut_inside_a_length(tmp_path: pathlib.Path) -> None:
+    payload = array(VT.STRING, 2) + string("x" * 9) + b"\0\0\0"  # 3 of the 8 length bytes
+    data = header(0, 1) + kv("l", VT.ARRAY, payload)
+    refused(tmp_path, data, "metadata key 'l'", "array string needs 8 bytes but only 3")
+
+
 def test_truncated_scalar_value(tmp_path: pathlib.Path) -> None:
     refused(tmp_path, header(0, 1) + kv("n", VT.UINT64, b"\1\2\3\4"), "metadata key 'n'")
 
