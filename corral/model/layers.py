@@ -68,11 +68,10 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """
     rope_dim = table.shape[2] * 2
     rotated, passthrough = x[..., :rope_dim], x[..., rope_dim:]
+    # a pair (x0, x1) times (cos, sin) as complex numbers: (x0 cos - x1 sin, x0 sin + x1 cos)
     pairs = rotated.float().reshape(*x.shape[:-1], rope_dim // 2, 2)  # (B, T, heads, rd/2, 2)
-    cos = table[:, :, None, :, 0]  # (B|1, T, 1, rd/2)
-    sin = table[:, :, None, :, 1]
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    turns = torch.view_as_complex(table)[:, :, None]  # (B|1, T, 1, rd/2)
+    out = torch.view_as_real(torch.view_as_complex(pairs) * turns)  # (B, T, heads, rd/2, 2)
     out = out.flatten(-2).to(x.dtype)  # (B, T, heads, rope_dim)
     return torch.cat((out, passthrough), dim=-1) if passthrough.numel() else out
 
