@@ -7,9 +7,8 @@ import pytest
 import torch
 from kernel_cases import QTYPES, assert_close_to, gguf_bytes, oracle_weight
 
-from corral.kernels.packing import group_size, low_bits, pack
+from corral.kernels.packing import pack
 from corral.kernels.triton import quantized_linear
-from corral.kernels.triton.decode import permute_columns
 from corral.kernels.triton.dequant import dequantize
 from corral.kernels.triton.linear import MATVEC_MAX_M, dense_linear
 
@@ -29,12 +28,8 @@ def activations(m: int, k: int, dtype: torch.dtype, device: str) -> torch.Tensor
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_dequantize_matches_gguf_py(qtype: str, device: str) -> None:
     pw, w = weight(qtype, 768, device, seed=6)
-    dense = dequantize(pw, torch.float32).cpu()  # (N, K), columns in kernel order
-    # kernel order inside a group is (word, field); storage order is (field, word)
-    fields = 32 // low_bits(qtype)
-    groups = 768 // group_size(qtype)
-    natural = dense.view(N, groups, 4, fields).transpose(2, 3).reshape(N, 768)  # (N, K)
-    assert torch.allclose(natural, w, rtol=1e-6, atol=1e-6 * w.abs().max().item())
+    dense = dequantize(pw, torch.float32).cpu()  # (N, K)
+    assert torch.allclose(dense, w, rtol=1e-6, atol=1e-6 * w.abs().max().item())
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
@@ -55,9 +50,8 @@ def test_dense_linear_dtypes(dtype: torch.dtype, device: str) -> None:
 def test_dequantize_tiles(block_n: int, k_step: int, num_warps: int, device: str) -> None:
     pw, w = weight("Q2_K", 768, device, seed=10)
     x = activations(6, 768, torch.float32, device)
-    dense = dequantize(pw, torch.float32, block_n, k_step, num_warps)  # (N, K) kernel order
-    actual = permute_columns(x, "Q2_K") @ dense.T  # both operands in kernel order
-    assert_close_to(actual, x.float().cpu() @ w.T, torch.float32)
+    dense = dequantize(pw, torch.float32, block_n, k_step, num_warps)  # (N, K)
+    assert_close_to(x @ dense.T, x.float().cpu() @ w.T, torch.float32)
 
 
 @pytest.mark.parametrize(

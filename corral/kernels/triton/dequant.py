@@ -9,14 +9,23 @@ not the tensor cores, sets its pace (60-100 TFLOP/s). The dense copy is transien
 weight at a time, allocated per call; the caching allocator hands the same block back
 next time).
 
-Columns come out in kernel order (`decode.decode_tile`: word, then field, within each
-group); `decode.permute_columns` puts activations in the same order, and a product does
-not care about the order of K as long as both operands agree.
+Columns come out in storage order, the weight's own: `decode.decode_tile` yields each
+group's weights word by word (kernel order), and a reshape and permute of the tile puts
+them back field by field before the store. In exchange the dense path no longer permutes
+the activations' columns before every product (a copy that took 1.5 ms of a 7B model's
+512-token prefill on an H100). What the reorder costs, read from the PTX of both versions
+compiled for sm_90 by Triton 3.6 (`triton.compile` for GPUTarget("cuda", 90, 32), no GPU
+needed): every type keeps its eight 16-byte global stores per thread and tile and gains
+~64 register moves; the k-quants and Q4_1/Q5_x keep their shared-memory traffic (the
+tile already went through shared memory to reach the store layout), while Q4_0 and Q8_0,
+which needed little shuffling before, now stage the tile in shared memory too (136
+32-bit shared loads and stores per thread and tile instead of 28 and 34). Not timed on a
+GPU yet: `benchmarks/kernel_bandwidth.py` reports the dequantize pass alone.
 
 Block sizes (`dequantize`'s arguments): a program decodes BN = 16 rows x K_STEP = 512
 weights (16 groups of 4-bit types, 8 of 2-bit, 32 of 8-bit) with 4 warps: 16 KB of fp16
-out, written as 16-byte vectors (each thread holds whole words' fields, contiguous in
-kernel order). Measured against 32 x 256 (84 us), 64 x 256, 128 x 128 and 8-warp tiles
+out, written as 16-byte vectors (each thread holds whole groups: 4 words, all their
+fields). Measured (in kernel order) against 32 x 256 (84 us), 64 x 256, 128 x 128 and 8-warp tiles
 (78-92 us) on the same weight (benchmarks/kernel_bandwidth.py --dequant-sweep).
 """
 
@@ -62,6 +71,8 @@ def _dequant_kernel(
         H = W
     sc, d, dm = load_meta(SC, D, DM, ns64, gi, n_groups, mask, KIND, D_DIV)
     w = decode_tile(W, H, sc, d, dm, ONE, BITS, HBITS, NSUB, KIND, OFFSET, DT)  # (BN, KS)
+    by_word = tl.reshape(w, [BN, C // 4, 4, J])  # (BN, groups, word, field)
+    w = tl.reshape(tl.permute(by_word, [0, 1, 3, 2]), [BN, KS])  # (BN, KS) in storage order
     ks = tl.arange(0, KS)
     out_mask = (ns < N)[:, None] & (g0 * 4 * J + ks < n_groups * 4 * J)[None, :]
     tl.store(OUT + ns64 * (n_groups * 4 * J) + g0 * 4 * J + ks[None, :], w, mask=out_mask)
@@ -74,7 +85,7 @@ def dequantize(
     k_step: int = K_STEP,
     num_warps: int = NUM_WARPS,
 ) -> torch.Tensor:
-    """The (N, K) weight of `pw` in `dtype`, its columns in kernel order (see above).
+    """The (N, K) weight of `pw` in `dtype`, columns in storage order (see above).
 
     `block_n` rows x `k_step` weights (a power of two, at least 128) per program.
     """

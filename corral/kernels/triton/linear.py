@@ -28,7 +28,6 @@ import torch
 
 from corral.kernels.packing import DENSE, PackedWeight
 from corral.kernels.reference import linear_reference
-from corral.kernels.triton.decode import permute_columns
 from corral.kernels.triton.dequant import dequantize
 from corral.kernels.triton.matvec import matvec
 
@@ -41,8 +40,7 @@ def _interpreted() -> bool:
 
 def dense_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
     """x (M, K) -> (M, N): `pw` decoded to x's dtype in one pass, then torch's matmul."""
-    w = dequantize(pw, x.dtype)  # (N, K), columns in kernel order
-    return torch.nn.functional.linear(permute_columns(x, pw.qtype), w)
+    return torch.nn.functional.linear(x, dequantize(pw, x.dtype))  # W (N, K)
 
 
 def quantized_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
