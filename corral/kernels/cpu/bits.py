@@ -33,16 +33,20 @@ def unpack_runs(field: np.ndarray, bits: int, run: int, out: np.ndarray) -> None
 def pack_words(values: np.ndarray, bits: int, per_group: int, out: np.ndarray) -> None:
     """values (n, K) uint8 fields -> out (n, K / per_group, 4, width) uint8: the bytes of 4
     little-endian words per group, weight 4 j + w of a group in bits [bits j, bits (j+1))
-    of word w (built as one integer, then written byte by byte)."""
+    of word w (the group's 4 words built together as integers from consecutive fields,
+    then written byte by byte)."""
     n = values.shape[0]
     groups, width = out.shape[1], out.shape[3]
     fields = per_group // 4  # per word
+    words = np.empty(4, np.uint32)
     for i in range(n):
         for g in range(groups):
             start = g * per_group
+            words[:] = 0
+            for j in range(fields):
+                shift = np.uint32(bits * j)
+                for w in range(4):
+                    words[w] |= np.uint32(values[i, start + 4 * j + w]) << shift
             for w in range(4):
-                word = np.uint64(0)
-                for j in range(fields):
-                    word |= np.uint64(values[i, start + 4 * j + w]) << np.uint64(bits * j)
                 for p in range(width):
-                    out[i, g, w, p] = np.uint8((word >> np.uint64(8 * p)) & np.uint64(0xFF))
+                    out[i, g, w, p] = np.uint8((words[w] >> np.uint32(8 * p)) & np.uint32(0xFF))
