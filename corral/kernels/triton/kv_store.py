@@ -9,9 +9,11 @@ quantizes them to Q8_0 blocks exactly as `corral.kernels.kv_q8.quantize_q8_0` do
 stored as float16), and stores them at [rows[b], head, positions[b, t]]. Rows and
 positions are read on the GPU and the grid depends on shapes only: CUDA-graph safe.
 
-Launch: a program's tile is BLOCK_H heads of BLOCK_D values (about TILE values: 8 heads
-of 128), 4 warps for a full tile, so each thread moves one 16-byte vector of a 16-bit
-cache; a decode step of a 7B model (32 KV heads) is 8 programs, a 512-token prefill 4096.
+Launch: the tiles of the RoPE kernel (`rope.launch_config`): BLOCK_H heads of BLOCK_D
+values, about 1024 values (8 heads of 128) on 4 warps, so each thread moves one 16-byte
+vector of a 16-bit cache; a decode step of a 7B model (32 KV heads) is 8 programs, a
+512-token prefill 4096. A q8_0 cache has whole 32-value blocks per head (D a multiple of
+32), so BLOCK_D is too.
 """
 
 from collections.abc import Sequence
@@ -22,8 +24,7 @@ import triton.language as tl
 
 from corral.kernels.kv_q8 import Q8_BLOCK, check_head_dim
 from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
-
-TILE = 1024  # values per program's tile (BLOCK_H * BLOCK_D), at most
+from corral.kernels.triton.rope import launch_config
 
 
 @triton.jit
@@ -121,13 +122,6 @@ def _strides(new: torch.Tensor, parts: Sequence[torch.Tensor], quantized: bool) 
     """The kernel's strides of one part: new (b, t, head), cache and scales (row, head, pos)."""
     scale_strides = parts[1].stride()[:3] if quantized else (0, 0, 0)
     return [*new.stride()[:3], *parts[0].stride()[:3], *scale_strides]
-
-
-def launch_config(dim: int, heads: int) -> tuple[int, int, int]:
-    """(BLOCK_H, BLOCK_D, num_warps) for heads of `dim` values; see the module docstring."""
-    block_d = max(Q8_BLOCK, triton.next_power_of_2(dim))
-    block_h = min(triton.next_power_of_2(heads), max(1, TILE // block_d))
-    return block_h, block_d, min(4, max(1, block_h * block_d // 256))
 
 
 def store_tokens(
