@@ -100,6 +100,16 @@ def _nibbles_of_2_bytes(q2, x4, acc):  # noqa: ANN001, ANN201
 
 
 @njit(**_JIT)
+def _bytes_of_4(q4, x4, acc):  # noqa: ANN001, ANN201
+    """acc[r] += the bytes q4[0..3, r] (one 8-bit field each) times x4."""
+    q0, q1, q2, q3 = q4[0], q4[1], q4[2], q4[3]
+    x0, x1, x2, x3 = x4[0], x4[1], x4[2], x4[3]
+    for r in range(acc.shape[0]):
+        a = np.float32(q0[r]) * x0 + np.float32(q1[r]) * x1
+        acc[r] += a + (np.float32(q2[r]) * x2 + np.float32(q3[r]) * x3)
+
+
+@njit(**_JIT)
 def _byte_dot(qt, fields, xs, acc):  # noqa: ANN001, ANN201
     """acc[r] += sum over the byte's fields f of field_f(qt[r]) * xs[f] (1, 2, 4 or 8
     fields of 8 / fields bits each), in one pass over the rows."""
@@ -137,16 +147,22 @@ def _accumulate(q, nb, g, bits, maps, x, weight, dot, fq):  # noqa: ANN001, ANN2
     base = g * (x.shape[1] // q.shape[1])
     xs = np.empty(fields, np.float32)
     n_bytes = q.shape[2]
-    run = 0  # decode, 4-bit fields: bytes of one sub-block, 4 (or 2) bytes a pass
+    # decode: runs of bytes of one sub-block in one pass over the rows (fewer updates of
+    # the accumulators): 4 bytes of 4-bit fields (or 2), 4 bytes of 8-bit ones
+    run = 0
     if m_rows == 1 and fields == 2:
         run = 4 if _one_sub_per_run(maps, 4) else 2 if _one_sub_per_run(maps, 2) else 0
+    elif m_rows == 1 and fields == 1:
+        run = 4 if _one_sub_per_run(maps, 4) else 0
     if run:
-        x_run = np.empty(2 * run, np.float32)
+        x_run = np.empty(fields * run, np.float32)
         for t in range(0, n_bytes, run):
-            for i in range(2 * run):
-                x_run[i] = x[0, base + maps[0, t + i // 2, i % 2]] * weight
+            for i in range(fields * run):
+                x_run[i] = x[0, base + maps[0, t + i // fields, i % fields]] * weight
             acc = dot[0, maps[1, t, 0]]
-            if run == 4:
+            if fields == 1:
+                _bytes_of_4(q[nb, g, t : t + 4], x_run, acc)
+            elif run == 4:
                 _nibbles_of_4_bytes(q[nb, g, t : t + 4], x_run, acc)
             else:
                 _nibbles_of_2_bytes(q[nb, g, t : t + 2], x_run, acc)
