@@ -24,8 +24,13 @@ Which calls go through a graph (`PrefillGraphs.fits`): one sequence, 2..MAX_BUCK
 tokens, the logits of its last token only (generation's prefill; perplexity needs every
 row and runs eagerly), every layer on the fused kernels, and the bucket inside the cache.
 The first call of a bucket costs two prefills (warm-up, replay) plus the recording.
+
+Should recording fail (an operation that a CUDA graph cannot hold, on some torch or
+driver), the error is logged once, that call runs its padded step eagerly, and prefill
+stays eager from then on (`failure` says why): generation keeps working.
 """
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,6 +42,8 @@ from corral.model.graphs import GraphRecorder
 
 if TYPE_CHECKING:
     from corral.model.llama import Transformer
+
+logger = logging.getLogger(__name__)
 
 MAX_BUCKET = 512  # corral.engine.generate's prefill chunk
 FINE_STEP = 128  # above 256 tokens, buckets are multiples of this
@@ -89,6 +96,11 @@ def padded_inputs(
     )
 
 
+def _padded_step(model: "Transformer", inputs: PrefillInputs) -> torch.Tensor:
+    """Logits (1, 1, V) of the last real token of padded `inputs`."""
+    return model.step(inputs.tokens, inputs.positions, inputs.rows, inputs.end, keep=inputs.keep)
+
+
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
@@ -102,6 +114,7 @@ class PrefillGraphs(GraphRecorder):
     def __init__(self, model: "Transformer") -> None:
         super().__init__(model)
         self._graphs: dict[tuple[int, bool, bool], _Graph] = {}
+        self.failure: str | None = None  # why recording failed; then prefill stays eager
 
     def reset(self) -> None:
         """Forget the recorded graphs (the KV cache they point into was replaced)."""
@@ -118,7 +131,7 @@ class PrefillGraphs(GraphRecorder):
         batch, n_new = tokens.shape
         if batch != 1 or len(starts) != 1 or (rows is not None and len(rows) != 1):
             return False
-        if not 1 < n_new <= MAX_BUCKET:
+        if self.failure is not None or not 1 < n_new <= MAX_BUCKET:
             return False
         if starts[0] + prefill_bucket(n_new) > self.model.n_positions:
             return False
@@ -133,19 +146,19 @@ class PrefillGraphs(GraphRecorder):
         key = (bucket, start == 0, row is None)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._record(key, inputs)
+            try:
+                entry = self._record(key, inputs)
+            except RuntimeError as error:
+                self.failure = f"{type(error).__name__}: {error}"
+                logger.warning("prompt prefill runs without CUDA graphs: %s", self.failure)
+                return _padded_step(self.model, inputs)
         else:
             entry.inputs.copy_(inputs)
         entry.graph.replay()
         return entry.logits.clone()
 
     def _record(self, key: tuple[int, bool, bool], inputs: PrefillInputs) -> _Graph:
-        def step() -> torch.Tensor:
-            return self.model.step(
-                inputs.tokens, inputs.positions, inputs.rows, inputs.end, keep=inputs.keep
-            )
-
-        graph, logits = self.record(step, warmups=1)
+        graph, logits = self.record(lambda: _padded_step(self.model, inputs), warmups=1)
         entry = _Graph(graph, inputs, logits)
         self._graphs[key] = entry
         return entry

@@ -141,3 +141,27 @@ def test_prefill_graphs_replay_their_static_inputs(tmp_path, monkeypatch):
     assert len(graphs) == 4  # 16 from 0, 8 at a start; each with and without a row index
     everything = model(first, 0)  # every row's logits: not through a graph
     assert len(graphs) == 4 and everything.shape[1] == first.shape[1]
+
+
+def test_a_graph_that_cannot_be_recorded_leaves_prefill_eager(tmp_path, monkeypatch, caplog):
+    """Recording that fails (an operation a CUDA graph cannot hold) is logged, the call
+    still returns transformers' logits, and later chunks run eagerly."""
+
+    def failing_record(self, step, warmups):
+        step()  # the warm-up runs; the capture is what fails
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graphs_module, "graph_device", lambda model: torch.device("cpu"))
+    monkeypatch.setattr(graphs_module.GraphRecorder, "record", failing_record)
+    hf = tiny_llama(seed=47, **SETTINGS)
+    model = build(tmp_path, hf, None, fused=True)  # graphs are only for fused layers
+    model.prefill_graphs = graphs = PrefillGraphs(model)
+    ids = torch.randint(3, 320, (1, 20), generator=torch.Generator().manual_seed(48))
+    expected = hf_logits(hf, ids, (None, None))[0]  # (T, V)
+    first = model(ids[:, :11], 0, last_only=True)[0, 0]
+    assert "stream is capturing" in graphs.failure and "without CUDA graphs" in caplog.text
+    assert not graphs.fits(ids[:, 11:], [11], None)
+    second = model(ids[:, 11:], 11, last_only=True)[0, 0]
+    assert len(graphs) == 0
+    assert (first - expected[10]).abs().max().item() < TOLERANCE
+    assert (second - expected[19]).abs().max().item() < TOLERANCE
