@@ -10,6 +10,12 @@ change adds shuffles through shared memory or splits vector stores before any GP
 is spent on it (timings still need the GPU: benchmarks/kernel_bandwidth.py).
 
     PYTHONPATH=. python benchmarks/ptx_census.py [--types Q4_K,Q8_0] [--kernels dequant,matvec]
+        [--layer] [--arch 90] [--shape 4096x4096]
+
+`--layer` adds the rest of a decode step and a prefill: RMSNorm (with the residual add),
+silu * up, RoPE, the KV-cache store (float16 and q8_0), decode and prefill attention.
+tests/kernels/test_gpu_compile.py runs it for every type, so CI (no GPU) compiles every
+kernel with Triton's real compiler, not only in its interpreter.
 """
 
 import argparse
@@ -27,8 +33,14 @@ from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
 from corral.kernels.packing import BLOCKS, pack
+from corral.kernels.triton.attention import decode_attention
 from corral.kernels.triton.dequant import dequantize
-from corral.kernels.triton.matvec import matvec
+from corral.kernels.triton.elementwise import silu_mul
+from corral.kernels.triton.kv_store import store_tokens
+from corral.kernels.triton.matvec import MatvecConfig, matvec
+from corral.kernels.triton.norm import add_rms_norm, rms_norm
+from corral.kernels.triton.prefill_attention import prefill_attention
+from corral.kernels.triton.rope import apply_rope_qk
 
 POINTER_TYPES = {
     torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16",
@@ -102,30 +114,78 @@ def packed_weight(qtype: str, n: int, k: int):
     return pack(raw.view(n, -1), qtype, k)
 
 
+def _half(*shape: int) -> torch.Tensor:
+    return torch.zeros(shape, dtype=torch.float16)
+
+
+def layer_kernels() -> None:
+    """Launch every other kernel of a decode step and a prefill once, on a small layer of
+    Llama-2-7B's head shapes (8 heads of 128, a float16 cache of 2 rows and 64 positions,
+    then a q8_0 one)."""
+    x, weight = _half(2, 4096), torch.ones(4096)
+    rms_norm(x, weight, 1e-5)
+    add_rms_norm(x, x, weight, 1e-5)
+    silu_mul(x, x)
+    q, k = _half(1, 1, 8, 128), _half(1, 1, 8, 128)
+    apply_rope_qk(q, k, torch.zeros(1, 1, 64, 2))
+    cache = _half(2, 8, 64, 128)
+    codes, scales = torch.zeros(2, 8, 64, 128, dtype=torch.int8), _half(2, 8, 64, 4)
+    positions = torch.zeros(1, 1, dtype=torch.long)
+    for parts in ((cache,), (codes, scales)):
+        store_tokens(k, k, parts, parts, None, positions)
+    starts = torch.zeros(1, dtype=torch.long)
+    for kv, kv_scales in ((cache, None), (codes, scales)):
+        decode_attention(
+            q[:, 0], kv, kv, None, starts, 64, scale=0.1, k_scales=kv_scales, v_scales=kv_scales
+        )
+        prefill_attention(
+            _half(1, 16, 8, 128),
+            kv,
+            kv,
+            None,
+            starts,
+            scale=0.1,
+            k_scales=kv_scales,
+            v_scales=kv_scales,
+        )
+
+
+SPLIT_CONFIG = MatvecConfig(groups=32, num_warps=1, splits=2)  # two slices for every type
 LAUNCHERS = {
     "dequant": lambda pw: dequantize(pw, torch.float16),
     "matvec": lambda pw: matvec(torch.zeros(1, pw.shape[1], dtype=torch.float16), pw),
+    "matvec-split": lambda pw: matvec(_half(3, pw.shape[1]), pw, SPLIT_CONFIG),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--types", default="Q4_0,Q8_0,Q4_K,Q6_K")
-    parser.add_argument("--kernels", default=",".join(LAUNCHERS))
+    parser.add_argument("--kernels", default=",".join(LAUNCHERS), help="per quant type")
+    parser.add_argument("--layer", action="store_true", help="also norm, RoPE, KV store, attention")
     parser.add_argument("--shape", default="4096x4096", help="N x K of the weight")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter compiles nothing")
     n, k = (int(v) for v in args.shape.split("x"))
+    report = functools.partial(print_census, arch=args.arch)
+    if args.layer:
+        for kernel, call_args, kwargs in intercepted_launches(layer_kernels):
+            report("layer", kernel, call_args, kwargs)
     for qtype in args.types.split(","):
         pw = packed_weight(qtype, n, k)
         for name in args.kernels.split(","):
             launch = functools.partial(LAUNCHERS[name], pw)
             for kernel, call_args, kwargs in intercepted_launches(launch):
-                counts = census(compile_launch(kernel, call_args, kwargs, args.arch))
-                listed = ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
-                print(f"{qtype} {name} {kernel.__name__} sm_{args.arch}: {listed}")
+                report(f"{qtype} {name}", kernel, call_args, kwargs)
+
+
+def print_census(what: str, kernel: JITFunction, args: tuple, kwargs: dict, arch: int) -> None:
+    """Compile one intercepted launch for sm_`arch` and print its census on one line."""
+    counts = census(compile_launch(kernel, args, kwargs, arch))
+    listed = ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
+    print(f"{what} {kernel.__name__} sm_{arch}: {listed}", flush=True)
 
 
 if __name__ == "__main__":
