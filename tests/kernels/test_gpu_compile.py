@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from corral.kernels.triton.decode import KERNEL_TYPES
+from corral.kernels.packing import BLOCKS
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYER_KERNELS = {
@@ -33,7 +33,7 @@ def census_lines() -> list[str]:
     """The census of every kernel, every quant type, for sm_90."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
-    command = [sys.executable, "benchmarks/ptx_census.py", "--types", ",".join(KERNEL_TYPES)]
+    command = [sys.executable, "benchmarks/ptx_census.py", "--types", ",".join(BLOCKS)]
     result = subprocess.run(
         [*command, "--layer", "--arch", "90"],
         cwd=ROOT,
@@ -50,7 +50,7 @@ def test_every_kernel_compiles_for_sm_90():
     lines = census_lines()
     compiled = {tuple(line.split(" sm_90:")[0].split()) for line in lines}
     assert {("layer", name) for name in LAYER_KERNELS} <= compiled
-    for qtype in KERNEL_TYPES:
+    for qtype in BLOCKS:  # every GGUF block type (GPTQ layouts share these kernels)
         assert {(qtype, launcher, kernel) for launcher, kernel in PER_TYPE} <= compiled, qtype
     for line in lines:  # every kernel stores its result, in at least one instruction
         assert "st.global" in line and "instructions" in line, line
