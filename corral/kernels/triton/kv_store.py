@@ -145,9 +145,11 @@ def store_tokens(
             f"keys {tuple(keys.shape)} and values {tuple(values.shape)}: (B, T, Hkv, D)"
         )
     batch, n_tokens, kv_heads, dim = keys.shape
-    if positions.dim() != 2 or positions.shape[0] not in (1, batch):
-        raise ValueError(f"positions {tuple(positions.shape)}: expected ({batch} or 1, {n_tokens})")
-    if positions.shape[1] != n_tokens:
+    if (
+        positions.dim() != 2
+        or positions.shape[0] not in (1, batch)
+        or positions.shape[1] != n_tokens
+    ):
         raise ValueError(f"positions {tuple(positions.shape)}: expected ({batch} or 1, {n_tokens})")
     k_q8 = _check_part("keys", keys, key_parts)
     v_q8 = _check_part("values", values, value_parts)
