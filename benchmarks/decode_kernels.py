@@ -6,8 +6,9 @@
   bytes read per call / time), beside the unfused path it replaced (gather the rows'
   cache up to a 256-rounded end, dequantize a q8_0 cache, SDPA with a mask).
   `--splits 64,128,...` times the kernel at each chunk length too (the split policy).
-- norm / rope: `rms_norm`, `add_rms_norm` and `apply_rope_qk` at a decode shape (one
-  token) and a prefill shape (512 tokens) beside the torch ops of corral.model.layers.
+- norm / rope: `rms_norm`, `add_rms_norm` and `rope_and_store` (RoPE of q and k, k and
+  v into a float16 cache) at a decode shape (one token) and a prefill shape (512 tokens)
+  beside the torch ops of corral.model.layers and an index_copy_ into the cache.
 
 On CUDA every row is timed as a CUDA graph of repeated calls (no Python launch cost, as
 in decode). The cache is made larger than the L2 cache by cycling through copies.
@@ -27,8 +28,8 @@ import torch.nn.functional as F
 
 from corral.kernels.kv_q8 import quantize_q8_0
 from corral.kernels.triton.attention import decode_attention
+from corral.kernels.triton.kv_store import rope_and_store
 from corral.kernels.triton.norm import add_rms_norm, rms_norm
-from corral.kernels.triton.rope import apply_rope_qk
 from corral.model.layers import apply_rope
 
 L2_BYTES = 50 * 2**20  # H100
@@ -150,8 +151,18 @@ def norm_rope_cases(shape: tuple, tokens: int, device: torch.device) -> list:
     weight = torch.rand(width, device=device)
     q = torch.randn(1, tokens, heads, dim, device=device, dtype=torch.float16)
     k = torch.randn(1, tokens, kv_heads, dim, device=device, dtype=torch.float16)
+    v = torch.randn_like(k)
     angles = torch.rand(1, tokens, dim // 2, device=device) * 6
     table = torch.stack((angles.cos(), angles.sin()), dim=-1)  # (1, T, D/2, 2)
+    caches = [torch.zeros(1, kv_heads, tokens, dim, device=device, dtype=torch.float16)] * 2
+    positions = torch.arange(tokens, device=device)  # (T,)
+
+    def torch_rope_and_store() -> torch.Tensor:
+        rotated_k = apply_rope(k, table)[0].transpose(0, 1)  # (Hkv, T, D)
+        caches[0][0].index_copy_(1, positions, rotated_k)
+        caches[1][0].index_copy_(1, positions, v[0].transpose(0, 1))
+        return apply_rope(q, table)
+
     return [
         ("rms_norm", lambda: rms_norm(x, weight, 1e-5), lambda: torch_norm(x, weight)),
         (
@@ -160,9 +171,9 @@ def norm_rope_cases(shape: tuple, tokens: int, device: torch.device) -> list:
             lambda: torch_norm(x + residual, weight),
         ),
         (
-            "rope q+k",
-            lambda: apply_rope_qk(q, k, table),
-            lambda: (apply_rope(q, table), apply_rope(k, table)),
+            "rope q+k, store k+v",
+            lambda: rope_and_store(q, k, v, table, caches[:1], caches[1:], None, positions[None]),
+            torch_rope_and_store,
         ),
     ]
 

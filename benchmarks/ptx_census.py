@@ -13,7 +13,7 @@ is spent on it (timings still need the GPU: benchmarks/kernel_bandwidth.py).
         [--layer] [--arch 90] [--shape 4096x4096]
 
 `--layer` adds the rest of a decode step and a prefill: RMSNorm (with the residual add),
-silu * up, RoPE, the KV-cache store (float16 and q8_0), decode and prefill attention.
+silu * up, RoPE with the KV-cache store (float16 and q8_0), decode and prefill attention.
 tests/kernels/test_gpu_compile.py runs it for every type, so CI (no GPU) compiles every
 kernel with Triton's real compiler, not only in its interpreter.
 """
@@ -28,7 +28,8 @@ from unittest import mock
 
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
+from triton._C.libtriton import native_specialize_impl
+from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
@@ -36,11 +37,10 @@ from corral.kernels.packing import BLOCKS, pack
 from corral.kernels.triton.attention import decode_attention
 from corral.kernels.triton.dequant import dequantize
 from corral.kernels.triton.elementwise import silu_mul
-from corral.kernels.triton.kv_store import store_tokens
+from corral.kernels.triton.kv_store import rope_and_store
 from corral.kernels.triton.matvec import MatvecConfig, matvec
 from corral.kernels.triton.norm import add_rms_norm, rms_norm
 from corral.kernels.triton.prefill_attention import prefill_attention
-from corral.kernels.triton.rope import apply_rope_qk
 
 POINTER_TYPES = {
     torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16",
@@ -87,11 +87,14 @@ def compile_launch(kernel: JITFunction, args: tuple, kwargs: dict, arch: int):
         elif isinstance(value, torch.Tensor):
             signature[param.name] = POINTER_TYPES[value.dtype]
             attrs[(index,)] = [["tt.divisibility", 16]]
-        elif isinstance(value, float):
-            signature[param.name] = "fp32"
-        else:
-            signature[param.name] = "i64" if abs(value) >= 2**31 else "i32"
-            if value % 16 == 0 and not param.do_not_specialize:
+        else:  # Triton's own rule: ints of 1 become constants, multiples of 16 aligned
+            kind, key = native_specialize_impl(
+                BaseBackend, value, False, not param.do_not_specialize, True
+            )
+            signature[param.name] = kind
+            if kind == "constexpr":
+                constants[param.name] = key
+            elif key == "D":
                 attrs[(index,)] = [["tt.divisibility", 16]]
     source = ASTSource(kernel, signature, constexprs=constants, attrs=attrs)
     kept = {k: v for k, v in options.items() if k in ("num_warps", "num_stages")}
@@ -126,13 +129,13 @@ def layer_kernels() -> None:
     rms_norm(x, weight, 1e-5)
     add_rms_norm(x, x, weight, 1e-5)
     silu_mul(x, x)
+    silu_mul(x[:, 0::2], x[:, 1::2])  # gate and up interleaved (dense path of SwiGLULinear)
     q, k = _half(1, 1, 8, 128), _half(1, 1, 8, 128)
-    apply_rope_qk(q, k, torch.zeros(1, 1, 64, 2))
     cache = _half(2, 8, 64, 128)
     codes, scales = torch.zeros(2, 8, 64, 128, dtype=torch.int8), _half(2, 8, 64, 4)
     positions = torch.zeros(1, 1, dtype=torch.long)
     for parts in ((cache,), (codes, scales)):
-        store_tokens(k, k, parts, parts, None, positions)
+        rope_and_store(q, k, k, torch.zeros(1, 1, 64, 2), parts, parts, None, positions)
     starts = torch.zeros(1, dtype=torch.long)
     for kv, kv_scales in ((cache, None), (codes, scales)):
         decode_attention(
@@ -155,6 +158,7 @@ LAUNCHERS = {
     "dequant": lambda pw: dequantize(pw, torch.float16),
     "matvec": lambda pw: matvec(torch.zeros(1, pw.shape[1], dtype=torch.float16), pw),
     "matvec-split": lambda pw: matvec(_half(3, pw.shape[1]), pw, SPLIT_CONFIG),
+    "matvec-swiglu": lambda pw: matvec(_half(1, pw.shape[1]), pw, swiglu=True),
 }
 
 

@@ -360,3 +360,16 @@ def concat_rows(weights: list[PackedWeight]) -> PackedWeight:
     }  # every field but the shared column order is indexed by output row first
     n_rows = sum(w.shape[0] for w in weights)
     return PackedWeight(first.qtype, (n_rows, first.shape[1]), tensors)
+
+
+def interleave_rows(a: PackedWeight, b: PackedWeight) -> PackedWeight:
+    """One weight whose rows alternate between `a`'s and `b`'s: a[0], b[0], a[1], b[1], ...
+    (SwiGLU's gate and up, so a matvec program holds both rows of each output). Raises
+    ValueError unless `a` and `b` have one shape and are `rows_concatenable`."""
+    if a.shape != b.shape or not rows_concatenable(a, b):
+        raise ValueError(f"cannot interleave {(a.qtype, a.shape)} and {(b.qtype, b.shape)}")
+    tensors = {
+        name: t if name == "perm" else torch.stack((t, b.tensors[name]), dim=1).flatten(0, 1)
+        for name, t in a.tensors.items()
+    }  # (N, 2, ...) -> (2N, ...): every field but the shared column order is by row first
+    return PackedWeight(a.qtype, (2 * a.shape[0], a.shape[1]), tensors)

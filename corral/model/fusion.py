@@ -7,6 +7,9 @@ output for the kernel to spread over the GPU. Weights fuse when they are stored 
 (dense weights of one dtype and device; packed weights of one quant type, see
 `PackedLinear.concat`); a run of consecutive projections that fuse becomes
 one `SplitLinear`, so a Q4_K_M layer whose V is Q6_K fuses Q and K and keeps V apart.
+
+The MLP's gate and up, when packed for the Triton kernels, fuse further: their rows are
+interleaved (`SwiGLULinear`) so that a decode matvec computes silu(gate) * up itself.
 """
 
 from collections.abc import Sequence
@@ -14,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from corral.kernels.packing import PackedWeight, interleave_rows
+from corral.kernels.reference import linear_reference
 from corral.quant.linear import PackedLinear
 
 
@@ -66,3 +71,39 @@ def fuse_runs(modules: Sequence[nn.Module]) -> nn.ModuleList:
         SplitLinear(run[0] if len(run) == 1 else fuse(run), [m.out_features for m in run])
         for run in runs
     )
+
+
+class SwiGLULinear(nn.Module):
+    """SwiGLU's gate and up projections as one packed weight whose rows alternate (gate
+    row 0, up row 0, gate row 1, ...): x (..., K) -> silu(gate(x)) * up(x) (..., N).
+
+    On CUDA this is `swiglu_linear`: a decode step's matvec stores the product from its
+    epilogue, one kernel where there were two. Elsewhere (GPU-layout weights on the CPU,
+    in tests) torch computes it from the reference product."""
+
+    def __init__(self, gate: PackedLinear, up: PackedLinear) -> None:
+        super().__init__()
+        self.packed = interleave_rows(gate.packed, up.packed)
+        self.in_features, self.out_features = gate.in_features, gate.out_features
+
+    @staticmethod
+    def fusable(gate: nn.Module, up: nn.Module) -> bool:
+        """True when `gate` and `up` are weights packed for the Triton kernels (not the
+        CPU kernels' layout) of one shape that `PackedLinear.rows_concatenable`."""
+        packed = [getattr(m, "packed", None) for m in (gate, up)]
+        if not all(isinstance(m, PackedLinear) and isinstance(p, PackedWeight)
+                   for m, p in zip((gate, up), packed, strict=True)):  # fmt: skip
+            return False
+        return packed[0].shape == packed[1].shape and gate.rows_concatenable(up)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in_features) -> silu(gate) * up (..., out_features), in x's dtype."""
+        if x.device.type == "cuda":
+            from corral.kernels.triton.linear import swiglu_linear
+
+            return swiglu_linear(x, self.packed)
+        pairs = linear_reference(x, self.packed)  # (..., 2N): gate and up of each unit
+        return torch.nn.functional.silu(pairs[..., 0::2]) * pairs[..., 1::2]
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.out_features} (gate, up), {self.packed.qtype}"

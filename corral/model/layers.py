@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from corral.config import ModelConfig
-from corral.model.fusion import fuse_runs
+from corral.model.fusion import SwiGLULinear, fuse_runs
 from corral.model.kv_cache import KVCache
 
 
@@ -157,11 +157,10 @@ class Attention(nn.Module):
         if self.cache is None:
             raise RuntimeError("Attention.cache is not set up: call Transformer.setup_cache")
         if self.fused:
-            from corral.kernels.triton.kv_store import store_tokens
-            from corral.kernels.triton.rope import apply_rope_qk
+            from corral.kernels.triton.kv_store import rope_and_store
 
-            q, k = apply_rope_qk(q, k, rope)
-            store_tokens(k, v, self.cache.k.parts, self.cache.v.parts, rows, positions)
+            keys, values = self.cache.k.parts, self.cache.v.parts
+            q = rope_and_store(q, k, v, rope, keys, values, rows, positions)  # (B, T, H, D)
             if n_new == 1:
                 return self.wo(self.decode(q, rows, span))
             if not (span.causal and not self.cache.quantized):
@@ -238,15 +237,23 @@ class FeedForward(nn.Module):
         self.w_gate = nn.Linear(config.n_embd, config.n_ff, bias=False)
         self.w_up = nn.Linear(config.n_embd, config.n_ff, bias=False)
         self.w_down = nn.Linear(config.n_ff, config.n_embd, bias=False)
-        self.gate_up: nn.ModuleList | None = None  # w_gate, w_up fused (corral.model.fusion)
+        # w_gate, w_up fused (corral.model.fusion): rows interleaved, silu(gate) * up in
+        # the matmul, or else one matmul whose output splits
+        self.swiglu: SwiGLULinear | None = None
+        self.gate_up: nn.ModuleList | None = None
         self.fused = False  # Triton silu(gate) * up (Transformer.use_fused_kernels)
 
     def fuse_projections(self) -> None:
         """Compute gate and up with one matmul when their storage allows (after loading)."""
-        self.gate_up = fuse_runs([self.w_gate, self.w_up])
+        if SwiGLULinear.fusable(self.w_gate, self.w_up):
+            self.swiglu = SwiGLULinear(self.w_gate, self.w_up)
+        else:
+            self.gate_up = fuse_runs([self.w_gate, self.w_up])
         self.w_gate = self.w_up = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu is not None:
+            return self.w_down(self.swiglu(x))
         if self.gate_up is None:
             gate, up = self.w_gate(x), self.w_up(x)
         else:

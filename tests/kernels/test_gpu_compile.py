@@ -15,7 +15,6 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYER_KERNELS = {
     "_rms_norm_kernel",
     "_silu_mul_kernel",
-    "_rope_kernel",
     "_store_kernel",
     "_split_kernel",
     "_combine_kernel",
@@ -26,6 +25,7 @@ PER_TYPE = {
     ("matvec", "_matvec_kernel"),
     ("matvec-split", "_matvec_kernel"),
     ("matvec-split", "_sum_splits_kernel"),
+    ("matvec-swiglu", "_matvec_kernel"),
 }
 
 

@@ -1,14 +1,17 @@
-"""`store_tokens` (new tokens' keys and values into the KV cache, one kernel) against the
-torch path KVCache.write, whose q8_0 blocks equal gguf-py's quantizer
+"""`rope_and_store` (new tokens' queries and keys rotated, keys and values written into
+the KV cache, one kernel) against the torch path KVCache.write, whose q8_0 blocks equal
+gguf-py's quantizer
 (tests/model/test_kv_cache_q8.py): every cache type, keys and values of different types,
 one token per sequence (decode) or several (prefill) at shared or per-sequence positions,
 rows given or not, strided views, irregular head dims, more heads than one program's
-tile, and ties of the rounding."""
+tile, and ties of the rounding. The writes are checked with the identity rotation (cos 1,
+sin 0: exact in float32); with a real one, the stored keys are rotated exactly as the
+queries, whose rotation tests/kernels/test_triton_norm_rope.py checks."""
 
 import pytest
 import torch
 
-from corral.kernels.triton.kv_store import store_tokens
+from corral.kernels.triton.kv_store import rope_and_store
 from corral.model.kv_cache import KVCache
 
 
@@ -31,6 +34,22 @@ def assert_same(ours: KVCache, torch_path: KVCache) -> None:
         [*ours.k.parts, *ours.v.parts], [*torch_path.k.parts, *torch_path.v.parts], strict=True
     ):
         assert torch.equal(mine, reference)
+
+
+def store_tokens(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    key_parts: tuple[torch.Tensor, ...],
+    value_parts: tuple[torch.Tensor, ...],
+    rows: torch.Tensor | None,
+    positions: torch.Tensor,
+) -> None:
+    """`rope_and_store` of keys (as q too) and values under the identity rotation."""
+    batch, n_tokens, _, dim = keys.shape
+    table = torch.zeros(batch, n_tokens, dim // 2, 2, device=keys.device)  # (B, T, D/2, 2)
+    table[..., 0] = 1.0  # cos 1, sin 0
+    rotated = rope_and_store(keys, keys, values, table, key_parts, value_parts, rows, positions)
+    assert torch.equal(rotated, keys)
 
 
 def stored_both_ways(
@@ -85,6 +104,21 @@ def test_head_dims_that_are_not_powers_of_two(cache_type: str, dim: int, device:
     new = torch.randn(2, 3, 3, dim, generator=torch.Generator().manual_seed(4)).to(device)
     positions = torch.tensor([[3, 4, 5], [7, 8, 9]], device=device)
     stored_both_ways(ours, torch_path, new, 2 * new, None, positions)
+
+
+@pytest.mark.parametrize("types", ["f16", "q8_0", "q8_0/bf16"])
+def test_rope_and_store_stores_the_keys_rotated_like_the_queries(types: str, device: str):
+    key_type, _, value_type = types.partition("/")
+    ours, torch_path = caches(key_type, 64, device, value_type or None)
+    gen = torch.Generator().manual_seed(6)
+    keys, values = (torch.randn(2, 3, 3, 64, generator=gen).half().to(device) for _ in "kv")
+    table = torch.randn(2, 3, 32, 2, generator=gen).to(device)  # (B, T, rope_dim/2, 2)
+    positions = torch.tensor([[2, 3, 4], [9, 10, 11]], device=device)  # (B, T)
+    rows = torch.tensor([1, 4], device=device)
+    rotated = rope_and_store(keys, keys, values, table, ours.k.parts, ours.v.parts, rows, positions)
+    torch_path.write(rows, positions, rotated.transpose(1, 2), values.transpose(1, 2))
+    assert_same(ours, torch_path)
+    assert not torch.equal(rotated, keys)
 
 
 def test_mismatched_shapes_are_refused(device: str):

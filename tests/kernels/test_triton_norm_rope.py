@@ -1,4 +1,6 @@
-"""The fused RMSNorm and RoPE kernels (corral.kernels.triton.norm / .rope) against
+"""The fused RMSNorm and RoPE kernels (corral.kernels.triton.norm, and RoPE as
+corral.kernels.triton.kv_store.rope_and_store applies it to queries and to the keys it
+stores) against
 independent references: torch.nn.functional.rms_norm and a complex-number rotation
 written from the RoPE formula, and against the model's own torch code
 (corral.model.layers.RMSNorm, apply_rope). Irregular shapes (widths that are not powers
@@ -18,8 +20,8 @@ import torch.nn.functional as F
 
 from corral.config import ModelConfig
 from corral.kernels.triton import norm, rope
+from corral.kernels.triton.kv_store import rope_and_store
 from corral.kernels.triton.norm import add_rms_norm, rms_norm
-from corral.kernels.triton.rope import apply_rope, apply_rope_qk
 from corral.model import layers
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -227,6 +229,30 @@ def check_rope(
     assert (error <= spacing(expected, x.dtype) + slack).all(), f"max error {error.max():.3g}"
 
 
+def rotated_by_store(
+    q: torch.Tensor, table: torch.Tensor, keys: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rotated q, rotated keys read back from the cache) from one `rope_and_store` of q
+    and `keys` (default: q) (B, T, heads, D) into a float cache of their dtype, token t at
+    position t; the values, stored unrotated, are checked on the way."""
+    keys = q if keys is None else keys
+    batch, n_tokens, heads, dim = keys.shape if keys.dim() == 4 else (1, 1, 1, 1)  # misuse
+    key_cache, value_cache = (
+        torch.zeros(batch, heads, n_tokens, dim, dtype=keys.dtype, device=keys.device) for _ in "kv"
+    )  # (B, Hkv, S = T, D) each
+    positions = torch.arange(n_tokens, device=keys.device)[None]  # (1, T)
+    q_out = rope_and_store(q, keys, keys, table, (key_cache,), (value_cache,), None, positions)
+    assert torch.equal(value_cache.transpose(1, 2), keys)
+    return q_out, key_cache.transpose(1, 2)  # (B, T, H, D), (B, T, Hkv, D)
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """RoPE of x by the kernel, as a query; the same rotation of x as keys must match."""
+    q_out, stored = rotated_by_store(x, table)
+    assert torch.equal(stored, q_out)
+    return q_out
+
+
 def positions_of(batch: int, n_tokens: int, shared: bool) -> torch.Tensor:
     """(1, T) consecutive positions, or (B, T) runs at per-sequence offsets, all < 24."""
     start = torch.tensor([[3]]) if shared else torch.arange(batch)[:, None] * 5 + 1  # (B|1, 1)
@@ -261,7 +287,7 @@ def test_apply_rope(
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_apply_rope_qk_fused_projection(dtype: torch.dtype, device: str) -> None:
+def test_rope_of_a_fused_projection(dtype: torch.dtype, device: str) -> None:
     """q and k read in place from slices of one fused QKV output, 9 and 3 heads."""
     batch, n_tokens, n_q, n_kv, dim = 3, 5, 9, 3, 32
     qkv = randn(batch, n_tokens, (n_q + 2 * n_kv) * dim, dtype=dtype, device=device, seed=13)
@@ -269,9 +295,9 @@ def test_apply_rope_qk_fused_projection(dtype: torch.dtype, device: str) -> None
     k = qkv[..., n_q * dim : (n_q + n_kv) * dim].view(batch, n_tokens, n_kv, dim)  # (B, T, Hkv, D)
     positions = positions_of(batch, n_tokens, shared=False)
     table = rope_table(positions, dim, 1.0, device)
-    q_out, k_out = apply_rope_qk(q, k, table)
+    q_out, k_out = rotated_by_store(q, table, k)
     check_rope(q_out, q, table, positions, 1.0)
-    check_rope(k_out, k, table, positions, 1.0)
+    check_rope(k_out.contiguous(), k, table, positions, 1.0)
 
 
 def test_apply_rope_permuted_view(device: str) -> None:
@@ -308,8 +334,8 @@ def _table(batch: int, n_tokens: int, half: int) -> torch.Tensor:
 
 
 ROPE_MISUSE: dict[str, tuple[Callable[[torch.Tensor], object], str]] = {
-    "x rank": (lambda x: apply_rope(x[0], _table(3, 5, 4)), r"x must be \(B, T, heads, D\)"),
-    "x dtype": (lambda x: apply_rope(x.int(), _table(3, 5, 4)), "x must be float32"),
+    "x rank": (lambda x: apply_rope(x[0], _table(3, 5, 4)), r"q must be \(B, T, heads, D\)"),
+    "x dtype": (lambda x: apply_rope(x.int(), _table(3, 5, 4)), "q must be float32"),
     "x D stride": (lambda x: apply_rope(x.mT, _table(3, 5, 1)), "last dim .D. must be"),
     "table rank": (lambda x: apply_rope(x, torch.zeros(5, 4, 2)), "table must be"),
     "table pairs": (lambda x: apply_rope(x, torch.zeros(3, 5, 4, 3)), "table must be"),
@@ -317,9 +343,9 @@ ROPE_MISUSE: dict[str, tuple[Callable[[torch.Tensor], object], str]] = {
     "table B": (lambda x: apply_rope(x, _table(2, 5, 4)), "table has shape"),
     "rope_dim > D": (lambda x: apply_rope(x, _table(1, 5, 5)), "rope_dim 10 is larger"),
     "table dtype": (lambda x: apply_rope(x, _table(1, 5, 4).half()), "table must be float32"),
-    "k T": (lambda x: apply_rope_qk(x, x[:, :4], _table(1, 5, 4)), "k has shape"),
-    "k D": (lambda x: apply_rope_qk(x, x[..., :6], _table(1, 5, 2)), "k has shape"),
-    "k dtype": (lambda x: apply_rope_qk(x, x.half(), _table(1, 5, 4)), "k is"),
+    "k T": (lambda x: rotated_by_store(x, _table(1, 5, 4), x[:, :4]), "and keys"),
+    "k D": (lambda x: rotated_by_store(x, _table(1, 5, 2), x[..., :6]), "and keys"),
+    "k dtype": (lambda x: rotated_by_store(x, _table(1, 5, 4), x.half()), "keys torch.float16"),
 }
 
 
@@ -335,7 +361,8 @@ def test_rope_rejects(case: str) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_graph_replay() -> None:
-    """All four kernels captured in one graph and replayed on new input values."""
+    """The RoPE-and-store and both norm kernels captured in one graph and replayed on
+    new input values."""
     qkv = torch.empty(2, 1, 7 * 64, dtype=torch.float16, device="cuda")  # static inputs
     residual = torch.empty(2, 1, 576, dtype=torch.float16, device="cuda")
     hidden = torch.empty(2, 1, 576, dtype=torch.float16, device="cuda")
@@ -346,8 +373,7 @@ def test_cuda_graph_replay() -> None:
         q = qkv[..., : 5 * 64].view(2, 1, 5, 64)  # (B, T, H, D)
         k = qkv[..., 5 * 64 :].view(2, 1, 2, 64)  # (B, T, Hkv, D)
         total, normed = add_rms_norm(hidden, residual, weight, EPS)
-        return (*apply_rope_qk(q, k, table), apply_rope(q, table), total, normed,
-                rms_norm(hidden, weight, EPS))  # fmt: skip
+        return (*rotated_by_store(q, table, k), total, normed, rms_norm(hidden, weight, EPS))
 
     step()  # compiles every kernel before the capture
     graph = torch.cuda.CUDAGraph()

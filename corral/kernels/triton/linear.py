@@ -25,10 +25,12 @@ were sorted by group at load, so the activations are gathered the same way first
 import os
 
 import torch
+import torch.nn.functional as F
 
 from corral.kernels.packing import DENSE, PackedWeight
 from corral.kernels.reference import linear_reference
 from corral.kernels.triton.dequant import dequantize
+from corral.kernels.triton.elementwise import silu_mul
 from corral.kernels.triton.matvec import matvec
 
 MATVEC_MAX_M = 4
@@ -43,23 +45,54 @@ def dense_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
     return torch.nn.functional.linear(x, dequantize(pw, x.dtype))  # W (N, K)
 
 
-def quantized_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
-    """x (..., K) -> (..., N) in x's dtype, with W the (N, K) weight packed in `pw`."""
-    n, k = pw.shape
-    if x.shape[-1] != k:
+def _check_input(x: torch.Tensor, pw: PackedWeight) -> None:
+    """ValueError unless x (..., K) can multiply the (N, K) weight `pw`."""
+    if x.shape[-1] != pw.shape[1]:
         raise ValueError(
             f"{pw.qtype} weight of shape {pw.shape} got input of shape {tuple(x.shape)}"
         )
+    if pw.qtype not in DENSE and pw.device != x.device:
+        raise ValueError(f"{pw.qtype} weight on {pw.device} got input on {x.device}")
+
+
+def _columns_in_weight_order(x2: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
+    """x2 (M, K) contiguous, its columns in the weight's order: GPTQ act-order weights had
+    their columns sorted by group at load (`perm`), the activations follow (a copy)."""
+    perm = pw.tensors.get("perm")
+    return x2.contiguous() if perm is None else x2.index_select(1, perm)  # (M, K)
+
+
+def quantized_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
+    """x (..., K) -> (..., N) in x's dtype, with W the (N, K) weight packed in `pw`."""
+    _check_input(x, pw)
+    n, k = pw.shape
     if pw.qtype in DENSE:
         return torch.nn.functional.linear(x, pw.tensors["w"].to(x.dtype))
-    if pw.device != x.device:
-        raise ValueError(f"{pw.qtype} weight on {pw.device} got input on {x.device}")
     x2 = x.reshape(-1, k)  # (M, K)
     m = x2.shape[0]
     on_triton = x.device.type == "cuda" or _interpreted()
     if m == 0 or not on_triton:
         return linear_reference(x, pw)
-    perm = pw.tensors.get("perm")  # GPTQ act-order: the weight's columns sorted by group
-    x2 = x2.contiguous() if perm is None else x2.index_select(1, perm)  # (M, K)
+    x2 = _columns_in_weight_order(x2, pw)  # (M, K)
     y = matvec(x2, pw) if m <= MATVEC_MAX_M else dense_linear(x2, pw)
     return y.reshape(*x.shape[:-1], n)  # (..., N)
+
+
+def swiglu_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
+    """silu(x @ G.T) * (x @ U.T): x (..., K) -> (..., N / 2) in x's dtype, for the (N, K)
+    weight `pw` whose rows alternate between SwiGLU's gate G and up U
+    (`packing.interleave_rows`). Decode batches (M <= MATVEC_MAX_M) compute the product
+    in the matvec's epilogue; larger ones multiply, then apply `silu_mul` to the pairs.
+    Off the GPU (and outside Triton's interpreter) torch computes both."""
+    _check_input(x, pw)
+    n, k = pw.shape
+    x2 = x.reshape(-1, k)  # (M, K)
+    m = x2.shape[0]
+    on_triton = x.device.type == "cuda" or _interpreted()
+    if 0 < m <= MATVEC_MAX_M and on_triton and pw.qtype not in DENSE:
+        y = matvec(_columns_in_weight_order(x2, pw), pw, swiglu=True)  # (M, N / 2)
+    else:
+        pairs = quantized_linear(x2, pw)  # (M, N): gate and up of each unit side by side
+        gate, up = pairs[:, 0::2], pairs[:, 1::2]  # (M, N / 2) each
+        y = silu_mul(gate, up) if on_triton and m > 0 else F.silu(gate) * up
+    return y.reshape(*x.shape[:-1], n // 2)  # (..., N / 2)

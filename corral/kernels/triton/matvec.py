@@ -20,7 +20,10 @@ hiding. The kernel therefore
 - requests the next step's tile before decoding this one (software pipelining by hand);
 - sizes the grid by rows: BN = 4 rows gives 1024 programs for a 4096-row weight, enough
   to fill an H100 without a split-K; a split-K (`MatvecConfig.splits`, or few rows)
-  writes float32 partial sums that a second small kernel adds up.
+  writes float32 partial sums that a second small kernel adds up;
+- with SwiGLU's gate and up rows interleaved (`swiglu=True`), a program's BN rows are
+  BN / 2 (gate, up) pairs and it stores silu(gate) * up: the decode step loses the
+  elementwise kernel and the (M, 2 n_ff) intermediate between the two.
 """
 
 from dataclasses import dataclass
@@ -44,6 +47,7 @@ from corral.kernels.triton.decode import (
     split_scales,
     sub_block_ab,
 )
+from corral.kernels.triton.elementwise import silu_mul, silu_times
 from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
 
 
@@ -173,7 +177,7 @@ def _matvec_kernel(
     BITS: tl.constexpr, HBITS: tl.constexpr, NSUB: tl.constexpr, D_DIV: tl.constexpr,
     KIND: tl.constexpr, OFFSET: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, SPLIT: tl.constexpr,
-    EVEN: tl.constexpr, PDL: tl.constexpr,
+    SWIGLU: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     release_dependents(PDL)
     J: tl.constexpr = 32 // BITS  # fields per word
@@ -212,12 +216,20 @@ def _matvec_kernel(
             BITS, HBITS, NSUB, KIND, OFFSET, BM, BN, G, EVEN,
         )  # fmt: skip
     y = tl.sum(acc, axis=2)  # (BM, BN)
-    out_off = ms[:, None] * N + rows[None, :]  # (BM, BN) in an (M, N) output
-    out_mask = (ms < M)[:, None] & (rows < N)[None, :]
-    if SPLIT:
-        tl.store(OUT + pid_s * stride_os + out_off, y, mask=out_mask)
+    DT: tl.constexpr = OUT.dtype.element_ty
+    if SWIGLU:  # rows 2i, 2i + 1 are gate and up of output column i of an (M, N / 2) output
+        pairs = tl.reshape(y.to(DT).to(tl.float32), [BM, BN // 2, 2])  # rounded as stored
+        gate, up = tl.split(pairs)  # (BM, BN / 2) each
+        cols = pid_n * (BN // 2) + tl.arange(0, BN // 2)
+        out_mask = (ms < M)[:, None] & (cols < N // 2)[None, :]
+        tl.store(OUT + ms[:, None] * (N // 2) + cols[None, :], silu_times(gate, up, DT), out_mask)
     else:
-        tl.store(OUT + out_off, y.to(OUT.dtype.element_ty), mask=out_mask)
+        out_off = ms[:, None] * N + rows[None, :]  # (BM, BN) in an (M, N) output
+        out_mask = (ms < M)[:, None] & (rows < N)[None, :]
+        if SPLIT:
+            tl.store(OUT + pid_s * stride_os + out_off, y, mask=out_mask)
+        else:
+            tl.store(OUT + out_off, y.to(DT), mask=out_mask)
 
 
 @triton.jit
@@ -276,8 +288,16 @@ def default_config(qtype: str, m: int, k: int = 4096) -> MatvecConfig:
     return MatvecConfig(block_n=block_n, groups=groups, num_warps=num_warps)
 
 
-def matvec(x: torch.Tensor, pw: PackedWeight, config: MatvecConfig | None = None) -> torch.Tensor:
-    """x (M, K) contiguous, M small -> (M, N) in x's dtype, from the packed weight."""
+def matvec(
+    x: torch.Tensor, pw: PackedWeight, config: MatvecConfig | None = None, *, swiglu: bool = False
+) -> torch.Tensor:
+    """x (M, K) contiguous, M small -> (M, N) in x's dtype, from the packed weight.
+
+    swiglu: rows 2i and 2i + 1 of the weight are SwiGLU's gate and up rows of hidden unit
+    i (`packing.interleave_rows`); the result is then silu(gate) * up, (M, N / 2), computed
+    in the kernel's epilogue (when a program's rows hold whole pairs and K is not split;
+    otherwise by `silu_mul` after it).
+    """
     kt = KERNEL_TYPES[pw.qtype]
     n, k = pw.shape
     m = x.shape[0]
@@ -291,7 +311,8 @@ def matvec(x: torch.Tensor, pw: PackedWeight, config: MatvecConfig | None = None
         splits = max(1, min(wanted, MAX_SPLITS, n_groups // (2 * cfg.groups)))
     groups_per_split = triton.cdiv(triton.cdiv(n_groups, splits), cfg.groups) * cfg.groups
     splits = triton.cdiv(n_groups, groups_per_split)  # a multiple of G groups per slice
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    in_epilogue = swiglu and splits == 1 and cfg.block_n % 2 == 0
+    out = torch.empty(m, n // 2 if in_epilogue else n, dtype=x.dtype, device=x.device)
     pdl = launch_options(x.device, m)
     target = out if splits == 1 else torch.empty(splits, m, n, dtype=torch.float32, device=x.device)
     _matvec_kernel[(tiles, splits)](
@@ -299,9 +320,12 @@ def matvec(x: torch.Tensor, pw: PackedWeight, config: MatvecConfig | None = None
         m, n, n_groups, x.stride(0), m * n, groups_per_split, 0,
         kt.bits, kt.hbits, kt.nsub, kt.d_div, kt.scale_kind, kt.offset,
         BM=triton.next_power_of_2(m), BN=cfg.block_n, G=cfg.groups, SPLIT=splits > 1,
-        EVEN=n_groups % groups_per_split == 0, num_warps=cfg.num_warps, **pdl,
+        SWIGLU=in_epilogue, EVEN=n_groups % groups_per_split == 0, num_warps=cfg.num_warps,
+        **pdl,
     )  # fmt: skip
     if splits > 1:
         block = 1024
         _sum_splits_kernel[(triton.cdiv(m * n, block),)](target, out, m * n, splits, block, **pdl)
+    if swiglu and not in_epilogue:
+        return silu_mul(out[:, 0::2], out[:, 1::2])  # (M, N / 2)
     return out
