@@ -36,7 +36,7 @@ from triton.runtime.jit import JITFunction
 from corral.kernels.packing import BLOCKS, pack
 from corral.kernels.triton.attention import decode_attention
 from corral.kernels.triton.dequant import dequantize
-from corral.kernels.triton.elementwise import silu_mul
+from corral.kernels.triton.elementwise import silu_mul, silu_mul_pairs
 from corral.kernels.triton.kv_store import rope_and_store
 from corral.kernels.triton.matvec import MatvecConfig, matvec
 from corral.kernels.triton.norm import add_rms_norm, rms_norm
@@ -129,7 +129,7 @@ def layer_kernels() -> None:
     rms_norm(x, weight, 1e-5)
     add_rms_norm(x, x, weight, 1e-5)
     silu_mul(x, x)
-    silu_mul(x[:, 0::2], x[:, 1::2])  # gate and up interleaved (dense path of SwiGLULinear)
+    silu_mul_pairs(x)  # gate and up interleaved (dense path of SwiGLULinear)
     q, k = _half(1, 1, 8, 128), _half(1, 1, 8, 128)
     cache = _half(2, 8, 64, 128)
     codes, scales = torch.zeros(2, 8, 64, 128, dtype=torch.int8), _half(2, 8, 64, 4)

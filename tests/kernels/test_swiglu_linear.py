@@ -4,9 +4,9 @@ independent dequantization (gguf-py for GGUF blocks, corral.quant.gptq for GPTQ)
 
 Decode batches take the matvec's epilogue (a program's rows are whole gate/up pairs: BN
 of 8 for Q2_K, 4 at batch 1, 2 at batches 3 and 4); a split K (few rows) and batches past
-MATVEC_MAX_M multiply first and apply `silu_mul` to the pairs, as does a matvec whose
+MATVEC_MAX_M multiply first and apply `silu_mul_pairs` to the pairs, as does a matvec whose
 programs hold odd row counts. The tests check which path
-ran by counting calls of `silu_mul`.
+ran by counting calls of `silu_mul_pairs`.
 """
 
 import pytest
@@ -48,17 +48,17 @@ def expected_swiglu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> to
 
 
 @pytest.fixture
-def silu_mul_calls(monkeypatch) -> list[int]:
-    """Counts the calls of `silu_mul` after a product (the paths other than the epilogue)."""
+def pairs_calls(monkeypatch) -> list[int]:
+    """Counts the calls of `silu_mul_pairs` (the paths other than the epilogue)."""
     calls: list[int] = []
     for module in (linear_module, matvec_module):
-        original = module.silu_mul
+        original = module.silu_mul_pairs
 
-        def counted(gate, up, original=original):
+        def counted(pairs, original=original):
             calls.append(1)
-            return original(gate, up)
+            return original(pairs)
 
-        monkeypatch.setattr(module, "silu_mul", counted)
+        monkeypatch.setattr(module, "silu_mul_pairs", counted)
     return calls
 
 
@@ -69,17 +69,17 @@ def silu_mul_calls(monkeypatch) -> list[int]:
         ("Q2_K", 256, 1, True),  # BN = 8
         ("Q6_K", 160, 3, True),  # BN = 2, 3 rows padded to 4
         ("Q8_0", 96, 4, True),
-        ("Q4_0", 64, 7, False),  # past MATVEC_MAX_M: dequantize + matmul, then silu_mul
+        ("Q4_0", 64, 7, False),  # past MATVEC_MAX_M: dequantize + matmul, then silu_mul_pairs
     ],
 )
 def test_swiglu_linear_matches_silu_of_gate_times_up(
-    qtype: str, n: int, m: int, in_epilogue: bool, device: str, silu_mul_calls
+    qtype: str, n: int, m: int, in_epilogue: bool, device: str, pairs_calls
 ):
     (gate, up), (gate_w, up_w) = gguf_pair(qtype, n, device)
     x = activations(m, device)
     out = swiglu_linear(x, interleave_rows(gate, up))
     assert_close_to(out, expected_swiglu(x, gate_w, up_w), torch.float16)
-    assert len(silu_mul_calls) == (0 if in_epilogue else 1)
+    assert len(pairs_calls) == (0 if in_epilogue else 1)
 
 
 @pytest.mark.parametrize(
@@ -87,16 +87,16 @@ def test_swiglu_linear_matches_silu_of_gate_times_up(
     [MatvecConfig(block_n=4, groups=4, num_warps=1, splits=2), MatvecConfig(block_n=1)],
     ids=["split-k", "odd-block"],
 )
-def test_matvec_without_whole_pairs_applies_silu_mul_after(config, device: str, silu_mul_calls):
+def test_matvec_without_whole_pairs_multiplies_first(config, device: str, pairs_calls):
     (gate, up), (gate_w, up_w) = gguf_pair("Q5_0", 24, device)
     x = activations(2, device)
     out = matvec(x, interleave_rows(gate, up), config, swiglu=True)
     assert_close_to(out, expected_swiglu(x, gate_w, up_w), torch.float16)
-    assert len(silu_mul_calls) == 1
+    assert len(pairs_calls) == 1
 
 
 @pytest.mark.parametrize("m", [1, 5])
-def test_gptq_act_order_gate_and_up_with_one_column_order(m: int, device: str, silu_mul_calls):
+def test_gptq_act_order_gate_and_up_with_one_column_order(m: int, device: str, pairs_calls):
     gate_qt, up_qt = own_layer(4, 64, n=64, seed=3), own_layer(4, 64, n=64, seed=4)
     up_qt.g_idx[:] = gate_qt.g_idx
     gate, up = (PackedLinear.from_qtensor(qt, torch.device(device)) for qt in (gate_qt, up_qt))
@@ -105,7 +105,7 @@ def test_gptq_act_order_gate_and_up_with_one_column_order(m: int, device: str, s
     out = swiglu_linear(x, SwiGLULinear(gate, up).packed)  # (2, m, 64)
     expected = expected_swiglu(x, dequantize_gptq(gate_qt), dequantize_gptq(up_qt))
     assert_close_to(out, expected, torch.float16)
-    assert len(silu_mul_calls) == (0 if 2 * m <= 4 else 1)
+    assert len(pairs_calls) == (0 if 2 * m <= 4 else 1)
 
 
 def test_interleave_rows_refuses_weights_of_different_shapes(device: str):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from corral.kernels.packing import DENSE, PackedWeight
 from corral.kernels.reference import linear_reference
 from corral.kernels.triton.dequant import dequantize
-from corral.kernels.triton.elementwise import silu_mul
+from corral.kernels.triton.elementwise import silu_mul_pairs
 from corral.kernels.triton.matvec import matvec
 
 MATVEC_MAX_M = 4
@@ -82,7 +82,7 @@ def swiglu_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
     """silu(x @ G.T) * (x @ U.T): x (..., K) -> (..., N / 2) in x's dtype, for the (N, K)
     weight `pw` whose rows alternate between SwiGLU's gate G and up U
     (`packing.interleave_rows`). Decode batches (M <= MATVEC_MAX_M) compute the product
-    in the matvec's epilogue; larger ones multiply, then apply `silu_mul` to the pairs.
+    in the matvec's epilogue; larger ones multiply, then apply `silu_mul_pairs`.
     Off the GPU (and outside Triton's interpreter) torch computes both."""
     _check_input(x, pw)
     n, k = pw.shape
@@ -93,6 +93,8 @@ def swiglu_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
         y = matvec(_columns_in_weight_order(x2, pw), pw, swiglu=True)  # (M, N / 2)
     else:
         pairs = quantized_linear(x2, pw)  # (M, N): gate and up of each unit side by side
-        gate, up = pairs[:, 0::2], pairs[:, 1::2]  # (M, N / 2) each
-        y = silu_mul(gate, up) if on_triton and m > 0 else F.silu(gate) * up
+        if on_triton:
+            y = silu_mul_pairs(pairs)  # (M, N / 2)
+        else:
+            y = F.silu(pairs[:, 0::2]) * pairs[:, 1::2]  # (M, N / 2)
     return y.reshape(*x.shape[:-1], n // 2)  # (..., N / 2)

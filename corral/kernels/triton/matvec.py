@@ -47,7 +47,7 @@ from corral.kernels.triton.decode import (
     split_scales,
     sub_block_ab,
 )
-from corral.kernels.triton.elementwise import silu_mul, silu_times
+from corral.kernels.triton.elementwise import silu_mul_pairs, silu_times
 from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
 
 
@@ -296,7 +296,7 @@ def matvec(
     swiglu: rows 2i and 2i + 1 of the weight are SwiGLU's gate and up rows of hidden unit
     i (`packing.interleave_rows`); the result is then silu(gate) * up, (M, N / 2), computed
     in the kernel's epilogue (when a program's rows hold whole pairs and K is not split;
-    otherwise by `silu_mul` after it).
+    otherwise by `silu_mul_pairs` after it).
     """
     kt = KERNEL_TYPES[pw.qtype]
     n, k = pw.shape
@@ -327,5 +327,5 @@ def matvec(
         block = 1024
         _sum_splits_kernel[(triton.cdiv(m * n, block),)](target, out, m * n, splits, block, **pdl)
     if swiglu and not in_epilogue:
-        return silu_mul(out[:, 0::2], out[:, 1::2])  # (M, N / 2)
+        return silu_mul_pairs(out)  # (M, N / 2)
     return out
