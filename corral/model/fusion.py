@@ -90,11 +90,11 @@ class SwiGLULinear(nn.Module):
     def fusable(gate: nn.Module, up: nn.Module) -> bool:
         """True when `gate` and `up` are weights packed for the Triton kernels (not the
         CPU kernels' layout) of one shape that `PackedLinear.rows_concatenable`."""
-        packed = [getattr(m, "packed", None) for m in (gate, up)]
-        if not all(isinstance(m, PackedLinear) and isinstance(p, PackedWeight)
-                   for m, p in zip((gate, up), packed, strict=True)):  # fmt: skip
+        if not (isinstance(gate, PackedLinear) and isinstance(up, PackedLinear)):
             return False
-        return packed[0].shape == packed[1].shape and gate.rows_concatenable(up)
+        a, b = gate.packed, up.packed
+        for_triton = isinstance(a, PackedWeight) and isinstance(b, PackedWeight)
+        return for_triton and a.shape == b.shape and gate.rows_concatenable(up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in_features) -> silu(gate) * up (..., out_features), in x's dtype."""
