@@ -129,3 +129,21 @@ def test_feed_forward_interleaves_packed_gate_and_up():
     x = torch.randn(3, K, generator=torch.Generator().manual_seed(5))
     expected = expected_swiglu(x, gate_w, up_w) @ ffn.w_down.weight.detach().T  # (3, K)
     torch.testing.assert_close(ffn(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_feed_forward_keeps_cpu_layout_gate_and_up_apart():
+    """The CPU kernels' layout has no interleaved form: gate and up stay one split matmul."""
+    n_ff = 64
+    config = ModelConfig(32, K, 1, n_ff, 4, 4, 64, 64, 10000.0, 1.0, 1e-5, 128)
+    raws = [gguf_bytes("Q4_K", n_ff, K, seed) for seed in (11, 12)]
+    ffn = FeedForward(config)
+    ffn.w_gate, ffn.w_up = (
+        PackedLinear.from_gguf_blocks(torch.from_numpy(raw), "Q4_K", (n_ff, K), torch.device("cpu"))
+        for raw in raws
+    )
+    ffn.fuse_projections()
+    assert ffn.swiglu is None and len(ffn.gate_up) == 1
+    x = torch.randn(2, K, generator=torch.Generator().manual_seed(7))
+    hidden = expected_swiglu(x, *(oracle_weight(raw, "Q4_K", K) for raw in raws))
+    expected = hidden @ ffn.w_down.weight.detach().T  # (2, K)
+    torch.testing.assert_close(ffn(x), expected, rtol=1e-3, atol=1e-3)
