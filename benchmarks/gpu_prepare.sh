@@ -5,6 +5,8 @@
 # tool's `carry` (it is git-ignored through .git/info/exclude, ~4 MB); gpu_suite.sh
 # installs the wheels there and points CORRAL_TEST_CACHE at .gpu/testcache. For the
 # llama.cpp side by side, carry `build/llama.cpp-cuda/llama-bench.gz` too (see README).
+# BASELINE=<git revision> also packs that revision's corral/ into .gpu/baseline.tar.gz, for
+# `gpu_suite.sh ab` (decode speed of the baseline and of the working tree in one call).
 set -euo pipefail
 
 DIR=.gpu
@@ -19,4 +21,8 @@ grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exc
 # the sdist lands in the test cache on first use (tests/autogptq_reference.py)
 PYTHONPATH=. "$PYTHON" -c "from tests.autogptq_reference import quantizer_module; quantizer_module()"
 cp "$CACHE"/auto_gptq-*.tar.gz "$DIR/testcache/"
+if [ -n "${BASELINE:-}" ]; then
+    git archive --format=tar.gz -o "$DIR/baseline.tar.gz" "$BASELINE" corral
+    git rev-parse "$BASELINE" >"$DIR/baseline.rev"
+fi
 ls -l "$DIR/whl" "$DIR/testcache"

@@ -11,6 +11,8 @@
 #   benchmarks/gpu_suite.sh 70b       # corral bench on the 70B Q4_K_M file
 #   benchmarks/gpu_suite.sh profile   # where a 7B Q4_K_M decode step and a 512-token
 #                                     # prefill (graph-replayed and eager) spend GPU time
+#   benchmarks/gpu_suite.sh ab        # corral bench of a baseline revision and of this tree,
+#                                     # alternated, in one call (BASELINE=rev gpu_prepare.sh)
 #
 # Results go to $OUT (default ./gpu-results). PYTHON picks the interpreter (default python3).
 # That machine has no network: run benchmarks/gpu_prepare.sh here first and carry `.gpu`
@@ -18,7 +20,7 @@
 # `tests` runs pytest -n 8 (pytest-xdist is in that machine's image).
 set -euo pipefail
 
-STAGE=${1:?usage: benchmarks/gpu_suite.sh files|tests|kernels|bench|llama|70b|profile}
+STAGE=${1:?usage: benchmarks/gpu_suite.sh files|tests|kernels|bench|llama|70b|profile|ab}
 PYTHON=${PYTHON:-python3}
 SHAPED=${SHAPED:-/tmp/shaped}
 OUT=${OUT:-gpu-results}
@@ -79,6 +81,21 @@ profile)
     "$PYTHON" benchmarks/profile_decode.py -m "$(shaped Q4_K_M 7B)" 2>&1 | tee "$OUT/profile.md"
     "$PYTHON" benchmarks/profile_decode.py -m "$(shaped Q4_K_M 7B)" --prefill 512 2>&1 |
         tee "$OUT/profile-prefill.md"
+    ;;
+ab)  # machines differ from call to call: compare revisions within one call only
+    [ -f .gpu/baseline.tar.gz ] || { echo "no .gpu/baseline.tar.gz: BASELINE=rev gpu_prepare.sh" >&2; exit 2; }
+    rm -rf /tmp/baseline && mkdir -p /tmp/baseline && tar -xzf .gpu/baseline.tar.gz -C /tmp/baseline
+    model=$(shaped Q4_K_M 7B)
+    log="$(cd "$OUT" && pwd)/ab.md"
+    echo "baseline $(cat .gpu/baseline.rev 2>/dev/null || echo '?') against this tree" | tee "$log"
+    for round in 1 2; do
+        for tree in /tmp/baseline "$PWD"; do  # python -m puts the working directory first
+            (cd "$tree" && PYTHONPATH="$tree:$PYTHONPATH" "$PYTHON" -c \
+                "import corral; print('## round $round:', corral.__file__)" | tee -a "$log")
+            (cd "$tree" && PYTHONPATH="$tree:$PYTHONPATH" "$PYTHON" -m corral.interfaces.cli \
+                bench -m "$model" -p 512 -n 128 -r 3 2>&1 | tee -a "$log")
+        done
+    done
     ;;
 *)
     echo "unknown stage $STAGE" >&2
