@@ -1,0 +1,68 @@
+"""The GPU path's wiring, run on the CPU: llama.cpp-quantized tiny models whose matrices
+are packed in the Triton kernels' layout (not the CPU kernels'), every linear through
+`quantized_linear` (SwiGLU's gate and up through `swiglu_linear`, its product in the
+matvec's epilogue) and the other fused kernels (norms, RoPE with the KV-cache store,
+decode and prefill attention) in Triton's interpreter, against llama.cpp's logits.
+
+A prompt chunk takes the dense path (dequantize + matmul), the tokens after it one at a
+time the matvec, here with tiles of 64 rows: the interpreter runs one program at a time,
+~40 ms each whatever its size (the kernel tests cover the default tiles).
+tests/model/test_gpu_path.py runs these models on a GPU, with CUDA graphs; this test runs
+in CI, which has none. Without the interpreter (a GPU machine runs the suite without it)
+CPU tensors take the torch reference path instead.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import corral.kernels.triton.matvec as matvec_module
+from corral.kernels.packing import pack
+from corral.kernels.triton.linear import quantized_linear, swiglu_linear
+from corral.model.fusion import SwiGLULinear
+from corral.quant.linear import PackedLinear
+from tests.model.test_llama_cpp_golden import (
+    TINY_LLAMA_CPP_TOLERANCE,
+    golden,
+    load_model,
+    tiny_path,
+)
+
+PROMPT = 60  # tokens of the first chunk; the rest of the 64 go one by one
+
+
+@pytest.fixture
+def triton_layout(monkeypatch):
+    """Load GGUF matrices in the Triton layout on the CPU and multiply through the Triton
+    launchers (which run the kernels in the interpreter there)."""
+
+    def from_gguf_blocks(cls, raw, qtype, shape, device):
+        return cls(pack(raw.to(device).view(shape[0], -1), qtype, shape[1]))
+
+    monkeypatch.setattr(PackedLinear, "from_gguf_blocks", classmethod(from_gguf_blocks))
+    monkeypatch.setattr(PackedLinear, "forward", lambda self, x: quantized_linear(x, self.packed))
+    monkeypatch.setattr(SwiGLULinear, "forward", lambda self, x: swiglu_linear(x, self.packed))
+    default = matvec_module.default_config
+
+    def wide_tiles(qtype: str, m: int, k: int = 4096) -> matvec_module.MatvecConfig:
+        config = default(qtype, m, k)
+        return matvec_module.MatvecConfig(64, config.groups, config.num_warps, split_waves=0)
+
+    monkeypatch.setattr(matvec_module, "default_config", wide_tiles)
+
+
+@pytest.mark.parametrize("kind", ["Q4_K_M", "Q8_0"])
+def test_tiny_model_through_the_gpu_kernels_matches_llama_cpp(kind: str, triton_layout):
+    path = tiny_path(kind)
+    gold = golden(f"tiny-llama-{kind}.npz", path)
+    model = load_model(path)
+    model.use_fused_kernels(devices=("cpu",))
+    assert all(isinstance(layer.ffn.swiglu, SwiGLULinear) for layer in model.layers)
+    assert all(layer.attn.fused for layer in model.layers)
+    ids = torch.tensor(gold["input_ids"][None], dtype=torch.long)  # (1, 64)
+    rows = [model(ids[:, :PROMPT], 0)[0]]  # (PROMPT, V)
+    for position in range(PROMPT, ids.shape[1]):
+        rows.append(model(ids[:, position : position + 1], position)[0])  # (1, V)
+    logits = torch.cat(rows).numpy()  # (64, V)
+    assert np.abs(logits - gold["logits"]).max() < TINY_LLAMA_CPP_TOLERANCE
+    assert (logits.argmax(-1) == gold["logits"].argmax(-1)).all()
