@@ -20,7 +20,9 @@ with dequantizing the original GGUF bytes. Every (sub-)block's values are `a * q
 GPTQ weights (qtype "GPTQ{bits}g{group}") are dequantized by their own twin,
 `corral.kernels.gptq.dequantize_gptq_packed`: scale * (q - zero), in the file's column order.
 
-`linear_reference` is `x @ W.T` on that weight, the large-M fallback of the kernels.
+`linear_reference` is `x @ W.T` on that weight, the large-M fallback of the kernels;
+`swiglu_reference` is SwiGLU's silu(gate) * up on the output of an interleaved gate/up
+weight (`packing.interleave_rows`).
 """
 
 import torch
@@ -94,3 +96,9 @@ def linear_reference(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
     """`x @ W.T` for x (..., K): W dequantized to x's dtype, result in x's dtype."""
     w = dequantize_packed(pw).to(x.dtype)  # (N, K)
     return torch.nn.functional.linear(x, w)
+
+
+def swiglu_reference(pairs: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for pairs (..., 2n) whose columns alternate gate 0, up 0, gate 1,
+    ...: (..., n)."""
+    return torch.nn.functional.silu(pairs[..., 0::2]) * pairs[..., 1::2]

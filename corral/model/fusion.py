@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from corral.kernels.packing import PackedWeight, interleave_rows
-from corral.kernels.reference import linear_reference
+from corral.kernels.reference import linear_reference, swiglu_reference
 from corral.quant.linear import PackedLinear
 
 
@@ -102,8 +102,7 @@ class SwiGLULinear(nn.Module):
             from corral.kernels.triton.linear import swiglu_linear
 
             return swiglu_linear(x, self.packed)
-        pairs = linear_reference(x, self.packed)  # (..., 2N): gate and up of each unit
-        return torch.nn.functional.silu(pairs[..., 0::2]) * pairs[..., 1::2]
+        return swiglu_reference(linear_reference(x, self.packed))  # from (..., 2N) pairs
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features} (gate, up), {self.packed.qtype}"

@@ -25,10 +25,9 @@ were sorted by group at load, so the activations are gathered the same way first
 import os
 
 import torch
-import torch.nn.functional as F
 
 from corral.kernels.packing import DENSE, PackedWeight
-from corral.kernels.reference import linear_reference
+from corral.kernels.reference import linear_reference, swiglu_reference
 from corral.kernels.triton.dequant import dequantize
 from corral.kernels.triton.elementwise import silu_mul_pairs
 from corral.kernels.triton.matvec import matvec
@@ -93,8 +92,5 @@ def swiglu_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
         y = matvec(_columns_in_weight_order(x2, pw), pw, swiglu=True)  # (M, N / 2)
     else:
         pairs = quantized_linear(x2, pw)  # (M, N): gate and up of each unit side by side
-        if on_triton:
-            y = silu_mul_pairs(pairs)  # (M, N / 2)
-        else:
-            y = F.silu(pairs[:, 0::2]) * pairs[:, 1::2]  # (M, N / 2)
+        y = silu_mul_pairs(pairs) if on_triton else swiglu_reference(pairs)  # (M, N / 2)
     return y.reshape(*x.shape[:-1], n // 2)  # (..., N / 2)
