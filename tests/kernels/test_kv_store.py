@@ -36,7 +36,7 @@ def assert_same(ours: KVCache, torch_path: KVCache) -> None:
         assert torch.equal(mine, reference)
 
 
-def store_tokens(
+def store_unrotated(
     keys: torch.Tensor,
     values: torch.Tensor,
     key_parts: tuple[torch.Tensor, ...],
@@ -62,7 +62,7 @@ def stored_both_ways(
 ) -> None:
     """keys, values (B, T, Hkv, D) at positions (B|1, T): by the kernel into `ours`, by
     KVCache.write (which takes (B, Hkv, T, D)) into `torch_path`."""
-    store_tokens(keys, values, ours.k.parts, ours.v.parts, rows, positions)
+    store_unrotated(keys, values, ours.k.parts, ours.v.parts, rows, positions)
     torch_path.write(rows, positions, keys.transpose(1, 2), values.transpose(1, 2))
     assert_same(ours, torch_path)
 
@@ -125,7 +125,9 @@ def test_mismatched_shapes_are_refused(device: str):
     cache, _ = caches("f16", 64, device)
     new = torch.zeros(1, 1, 2, 64, device=device)
     with pytest.raises(ValueError, match="does not hold vectors"):
-        store_tokens(new, new, cache.k.parts, cache.v.parts, None, torch.zeros(1, 1, device=device))
+        parts = cache.k.parts, cache.v.parts
+        store_unrotated(new, new, *parts, None, torch.zeros(1, 1, device=device))
     new = torch.zeros(1, 2, 3, 64, device=device)
     with pytest.raises(ValueError, match="positions"):
-        store_tokens(new, new, cache.k.parts, cache.v.parts, None, torch.zeros(1, 3, device=device))
+        parts = cache.k.parts, cache.v.parts
+        store_unrotated(new, new, *parts, None, torch.zeros(1, 3, device=device))
