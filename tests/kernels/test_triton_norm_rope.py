@@ -229,12 +229,12 @@ def check_rope(
     assert (error <= spacing(expected, x.dtype) + slack).all(), f"max error {error.max():.3g}"
 
 
-def rotated_by_store(
+def stored_by_rope_and_store(
     q: torch.Tensor, table: torch.Tensor, keys: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rotated q, rotated keys read back from the cache) from one `rope_and_store` of q
-    and `keys` (default: q) (B, T, heads, D) into a float cache of their dtype, token t at
-    position t; the values, stored unrotated, are checked on the way."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rotated q, keys and values read back from the cache) from one `rope_and_store` of
+    q and `keys` (default: q) (B, T, heads, D), keys as values too, into a float cache of
+    their dtype, token t at position t. No checks: it also runs inside a graph capture."""
     keys = q if keys is None else keys
     batch, n_tokens, heads, dim = keys.shape if keys.dim() == 4 else (1, 1, 1, 1)  # misuse
     key_cache, value_cache = (
@@ -242,8 +242,17 @@ def rotated_by_store(
     )  # (B, Hkv, S = T, D) each
     positions = torch.arange(n_tokens, device=keys.device)[None]  # (1, T)
     q_out = rope_and_store(q, keys, keys, table, (key_cache,), (value_cache,), None, positions)
-    assert torch.equal(value_cache.transpose(1, 2), keys)
-    return q_out, key_cache.transpose(1, 2)  # (B, T, H, D), (B, T, Hkv, D)
+    return q_out, key_cache.transpose(1, 2), value_cache.transpose(1, 2)  # (B, T, H|Hkv, D)
+
+
+def rotated_by_store(
+    q: torch.Tensor, table: torch.Tensor, keys: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rotated q, rotated keys read back from the cache), as `stored_by_rope_and_store`;
+    the values, stored unrotated, are checked on the way."""
+    q_out, stored_keys, stored_values = stored_by_rope_and_store(q, table, keys)
+    assert torch.equal(stored_values, q if keys is None else keys)
+    return q_out, stored_keys
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -373,7 +382,8 @@ def test_cuda_graph_replay() -> None:
         q = qkv[..., : 5 * 64].view(2, 1, 5, 64)  # (B, T, H, D)
         k = qkv[..., 5 * 64 :].view(2, 1, 2, 64)  # (B, T, Hkv, D)
         total, normed = add_rms_norm(hidden, residual, weight, EPS)
-        return (*rotated_by_store(q, table, k), total, normed, rms_norm(hidden, weight, EPS))
+        stored = stored_by_rope_and_store(q, table, k)  # no checks: they sync the stream
+        return (*stored, total, normed, rms_norm(hidden, weight, EPS))
 
     step()  # compiles every kernel before the capture
     graph = torch.cuda.CUDAGraph()
@@ -385,5 +395,6 @@ def test_cuda_graph_replay() -> None:
         hidden.copy_(randn(*hidden.shape, dtype=torch.float16, device="cuda", seed=seed + 4))
         table.copy_(rope_table(positions_of(2, 1, shared=False) + seed, 64, 1.0, "cuda"))
         graph.replay()
+        assert torch.equal(outputs[2], qkv[..., 5 * 64 :].view(2, 1, 2, 64))  # values unrotated
         for replayed, eager in zip(outputs, step(), strict=True):
             assert torch.equal(replayed, eager)
