@@ -12,7 +12,8 @@ Llama-3-8B / Mistral-7B FFN shapes), with random valid blocks:
   torch fp16 matmul on a ready dense weight, and the dequantize pass alone (us, TB/s of
   packed bytes read + fp16 written) (triton.testing.do_bench).
 --sweep TYPES times matvec tile configurations, --dequant-sweep TYPES those of the
-dequantize pass; --batches times matvec, fused matmul
+dequantize pass, --int8 TYPES the int8-activation matvec (`matvec_int8`, tilings of
+INT8_SWEEP) beside the float one; --batches times matvec, fused matmul
 and the dense path for Q4_K at each M (the dispatcher's thresholds). Kernels are
 compiled by --jobs processes in parallel first. --gptq 4g128a,3g128 adds GPTQ rows (bits,
 group size, "a" for act-order): matvec at batch 1 alone and through `quantized_linear`
@@ -28,13 +29,17 @@ import time
 
 import torch
 
+from corral.kernels.act_quant import dequantize_activations
 from corral.kernels.gptq import pack_gptq
 from corral.kernels.packing import BLOCKS, pack
 from corral.kernels.reference import dequantize_packed, linear_reference
+from corral.kernels.triton.decode import KERNEL_TYPES
 from corral.kernels.triton.dequant import dequantize
+from corral.kernels.triton.int8_act import quantize_activations
 from corral.kernels.triton.linear import dense_linear, quantized_linear
 from corral.kernels.triton.matmul import matmul
 from corral.kernels.triton.matvec import MatvecConfig, default_config, matvec
+from corral.kernels.triton.matvec_int8 import Int8Tiles, matvec_int8
 
 TYPES = ("Q4_0", "Q8_0", "Q4_K", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q5_K", "Q6_K")
 # Byte offsets of the fp16 fields in a block (ggml-common.h).
@@ -64,6 +69,17 @@ DEQUANT_SWEEP = [  # block_n, k_step, num_warps
     (64, 256, 8),
     (128, 128, 4),
     (32, 128, 4),
+]
+INT8_SWEEP = [  # block_n, groups, num_warps of matvec_int8 (Int8Tiles)
+    (4, 64, 2),
+    (8, 64, 2),
+    (2, 64, 2),
+    (4, 32, 1),
+    (8, 32, 1),
+    (4, 128, 4),
+    (8, 128, 4),
+    (16, 64, 2),
+    (2, 128, 4),
 ]
 L2_BYTES = 50 * 2**20
 
@@ -196,6 +212,36 @@ def sweep(qtype: str, n: int, k: int) -> None:
         print(f"  {tbps:5.2f} TB/s  {cfg}")
 
 
+def int8_sweep(qtype: str, n: int, k: int) -> None:
+    """The float matvec against the int8-activation matvec (each INT8_SWEEP tiling) and
+    the activations' quantizing kernel, batch 1."""
+    raw = random_gguf(qtype, n, k, "cuda")
+    pws = rotating(lambda: pack(raw, qtype, k), raw.numel())
+    nbytes = pws[0].nbytes()
+    x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+    xq = quantize_activations(x, KERNEL_TYPES[qtype].bits)
+    ref = linear_reference(dequantize_activations(xq), pws[0])
+    err = ((matvec_int8(xq, pws[0]).float() - ref).abs().max() / ref.abs().max()).item()
+    reps = max(1, 40 // len(pws))
+    t_float = matvec_seconds(pws, x, None)
+    t_quant = graph_time([lambda: quantize_activations(x, xq.bits)] * 40)
+    print(
+        f"int8 {qtype} {n}x{k}: float matvec {t_float * 1e6:.1f} us {nbytes / t_float / 1e12:.2f}"
+        f" TB/s; quantize x {t_quant * 1e6:.1f} us; int8 rel err {err:.1e}",
+        flush=True,
+    )
+    for bn, groups, warps in INT8_SWEEP:
+        tiles = Int8Tiles(bn, groups, warps)
+        calls = [lambda pw=pw, t=tiles: matvec_int8(xq, pw, tiles=t) for pw in pws] * reps
+        try:
+            t = graph_time(calls)
+        except Exception as fail:  # e.g. out of registers: report and go on
+            print(f"  int8 {bn} x {groups}, {warps} warps failed: {fail!r}"[:300])
+            continue
+        tiles = f"int8 {bn} x {groups}, {warps} warps"
+        print(f"  {t * 1e6:6.1f} us {nbytes / t / 1e12:5.2f} TB/s  {tiles}")
+
+
 def dequant_sweep(qtype: str, n: int, k: int) -> None:
     raw = random_gguf(qtype, n, k, "cuda")
     pw = pack(raw, qtype, k)
@@ -272,6 +318,7 @@ def main() -> None:
     ap.add_argument("--batches", default="", help="e.g. 1,2,4,8,16: matvec/matmul crossover")
     ap.add_argument("--jobs", type=int, default=12, help="compile processes (0: none)")
     ap.add_argument("--gptq", default="", help="e.g. 4g128a,3g128: GPTQ matvec rows")
+    ap.add_argument("--int8", default="", help="types: float vs int8-activation matvec")
     ap.add_argument("--compile-only", action="store_true", help="fill the kernel cache, exit")
     args = ap.parse_args()
     types = [t for t in args.types.split(",") if t]
@@ -320,6 +367,9 @@ def main() -> None:
             sweep(t, n, k)
     for t in dq_swept:
         dequant_sweep(t, *shapes[0])
+    for t in [t for t in args.int8.split(",") if t]:
+        for n, k in shapes:
+            int8_sweep(t, n, k)
     for n, k in shapes[:2] if batches else []:
         try:
             crossover("Q4_K", n, k, batches)

@@ -35,10 +35,13 @@ from triton.runtime.jit import JITFunction
 
 from corral.kernels.packing import BLOCKS, pack
 from corral.kernels.triton.attention import decode_attention
+from corral.kernels.triton.decode import KERNEL_TYPES
 from corral.kernels.triton.dequant import dequantize
 from corral.kernels.triton.elementwise import silu_mul, silu_mul_pairs
+from corral.kernels.triton.int8_act import quantize_activations
 from corral.kernels.triton.kv_store import rope_and_store
 from corral.kernels.triton.matvec import MatvecConfig, matvec
+from corral.kernels.triton.matvec_int8 import matvec_int8, supports_int8
 from corral.kernels.triton.norm import add_rms_norm, rms_norm
 from corral.kernels.triton.prefill_attention import prefill_attention
 
@@ -50,7 +53,8 @@ POINTER_TYPES = {
 PREDICATE = r"^\s*(?:@!?%p\d+\s+)?"
 COUNTED = re.compile(
     PREDICATE
-    + r"((?:ld|st)\.(?:global|shared)[.\w:]*|bar\.sync|shfl\.sync[.\w]*|cvt[.\w]*|fma[.\w]*)"
+    + r"((?:ld|st)\.(?:global|shared)[.\w:]*|bar\.sync|shfl\.sync[.\w]*|cvt[.\w]*|fma[.\w]*"
+    + r"|dp4a[.\w]*)"
 )
 INSTRUCTION = re.compile(PREDICATE + r"[a-z][\w.:]*\s.*;")
 
@@ -159,6 +163,9 @@ LAUNCHERS = {
     "matvec": lambda pw: matvec(torch.zeros(1, pw.shape[1], dtype=torch.float16), pw),
     "matvec-split": lambda pw: matvec(_half(3, pw.shape[1]), pw, SPLIT_CONFIG),
     "matvec-swiglu": lambda pw: matvec(_half(1, pw.shape[1]), pw, swiglu=True),
+    "matvec-int8": lambda pw: matvec_int8(
+        quantize_activations(_half(1, pw.shape[1]), KERNEL_TYPES[pw.qtype].bits), pw
+    ),  # types that `supports_int8`: others are skipped
 }
 
 
@@ -180,6 +187,8 @@ def main() -> None:
     for qtype in args.types.split(","):
         pw = packed_weight(qtype, n, k)
         for name in args.kernels.split(","):
+            if name == "matvec-int8" and not supports_int8(qtype):
+                continue
             launch = functools.partial(LAUNCHERS[name], pw)
             for kernel, call_args, kwargs in intercepted_launches(launch):
                 report(f"{qtype} {name}", kernel, call_args, kwargs)

@@ -10,6 +10,12 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
+from corral.kernels.act_quant import dequantize_activations, quantize_activations_reference
+from corral.kernels.packing import PackedWeight
+from corral.kernels.triton.decode import KERNEL_TYPES
+from corral.kernels.triton.linear import MATVEC_MAX_M
+from corral.kernels.triton.matvec_int8 import int8_enabled
+
 # Byte offsets of the fp16 fields in a k-quant super-block, and its size.
 K_QUANTS: dict[str, tuple[int, tuple[int, ...]]] = {
     "Q2_K": (84, (80, 82)),
@@ -56,3 +62,18 @@ def assert_close_to(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.d
     error = (actual.float().cpu() - expected).abs().max().item()
     scale = expected.abs().max().item()
     assert error <= TOLERANCE[dtype] * scale, f"max error {error:.3g} vs max |ref| {scale:.3g}"
+
+
+def decode_input(x: torch.Tensor, weight: object) -> torch.Tensor:
+    """What a product of x (..., K) with `weight` multiplies, float32 on the CPU: x itself,
+    or, where decode batches (at most MATVEC_MAX_M rows) take the int8 matvec (a
+    Triton-layout `PackedWeight` whose type is `int8_enabled`; CPU-layout weights run
+    numba's float kernels), x rounded to its int8 blocks by the torch twin of the
+    quantizing kernel (bit-exact with it, see tests/kernels/test_int8_activations.py)."""
+    x32 = x.float().cpu()
+    rows = x32.reshape(-1, x32.shape[-1])  # (M, K)
+    int8 = isinstance(weight, PackedWeight) and int8_enabled(weight.qtype)
+    if rows.shape[0] > MATVEC_MAX_M or not int8:
+        return x32
+    blocks = quantize_activations_reference(rows, KERNEL_TYPES[weight.qtype].bits)
+    return dequantize_activations(blocks).reshape(x32.shape)

@@ -9,7 +9,7 @@ act-order weights fuse only when their column orders agree. Through the Triton k
 
 import pytest
 import torch
-from kernel_cases import assert_close_to, gguf_bytes, oracle_weight
+from kernel_cases import assert_close_to, decode_input, gguf_bytes, oracle_weight
 from test_gptq_kernels import own_layer
 
 from corral.model.fusion import fuse_runs
@@ -44,8 +44,8 @@ def test_q4_k_m_attention_fuses_q_and_k_and_keeps_v_apart(m: int, device: str):
     runs = fuse_runs([linear for linear, _ in layers])
     assert [run.sizes for run in runs] == [[64, 32], [32]]
     x = activations(m, device)
-    for out, (_, weight) in zip(outputs(runs, x), layers, strict=True):
-        assert_close_to(out, x.float().cpu() @ weight.T, torch.float16)
+    for out, (linear, weight) in zip(outputs(runs, x), layers, strict=True):
+        assert_close_to(out, decode_input(x, linear.packed) @ weight.T, torch.float16)
 
 
 def test_gate_and_up_of_one_type_become_one_matmul(device: str):
@@ -53,8 +53,8 @@ def test_gate_and_up_of_one_type_become_one_matmul(device: str):
     runs = fuse_runs([linear for linear, _ in layers])
     assert len(runs) == 1 and runs[0].linear.packed.shape == (192, K)
     x = activations(1, device)
-    for out, (_, weight) in zip(outputs(runs, x), layers, strict=True):
-        assert_close_to(out, x.float().cpu() @ weight.T, torch.float16)
+    for out, (linear, weight) in zip(outputs(runs, x), layers, strict=True):
+        assert_close_to(out, decode_input(x, linear.packed) @ weight.T, torch.float16)
 
 
 def test_gptq_act_order_fuses_only_with_the_same_column_order(device: str):

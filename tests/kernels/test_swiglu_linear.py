@@ -3,16 +3,17 @@
 independent dequantization (gguf-py for GGUF blocks, corral.quant.gptq for GPTQ).
 
 Decode batches take the matvec's epilogue (a program's rows are whole gate/up pairs: BN
-of 8 for Q2_K, 4 at batch 1, 2 at batches 3 and 4); a split K (few rows) and batches past
-MATVEC_MAX_M multiply first and apply `silu_mul_pairs` to the pairs, as does a matvec whose
-programs hold odd row counts. The tests check which path
-ran by counting calls of `silu_mul_pairs`.
+of 8 for Q2_K, 4 at batch 1, 2 at batches 3 and 4; for the types the int8 matvec takes,
+its epilogue, and x is compared after the same int8 rounding: `kernel_cases.decode_input`);
+a split K (few rows) and batches past MATVEC_MAX_M multiply first and apply
+`silu_mul_pairs` to the pairs, as does a matvec whose programs hold odd row counts. The
+tests check which path ran by counting calls of `silu_mul_pairs`.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_cases import assert_close_to, gguf_bytes, oracle_weight
+from kernel_cases import assert_close_to, decode_input, gguf_bytes, oracle_weight
 from test_gptq_kernels import own_layer
 
 import corral.kernels.triton.linear as linear_module
@@ -78,7 +79,7 @@ def test_swiglu_linear_matches_silu_of_gate_times_up(
     (gate, up), (gate_w, up_w) = gguf_pair(qtype, n, device)
     x = activations(m, device)
     out = swiglu_linear(x, interleave_rows(gate, up))
-    assert_close_to(out, expected_swiglu(x, gate_w, up_w), torch.float16)
+    assert_close_to(out, expected_swiglu(decode_input(x, gate), gate_w, up_w), torch.float16)
     assert len(pairs_calls) == (0 if in_epilogue else 1)
 
 

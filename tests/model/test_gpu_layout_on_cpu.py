@@ -5,8 +5,9 @@ matvec's epilogue) and the other fused kernels (norms, RoPE with the KV-cache st
 decode and prefill attention) in Triton's interpreter, against llama.cpp's logits.
 
 A prompt chunk takes the dense path (dequantize + matmul), the tokens after it one at a
-time the matvec, here with tiles of 64 rows: the interpreter runs one program at a time,
-~40 ms each whatever its size (the kernel tests cover the default tiles).
+time the matvec (Q4_K and Q8_0 weights the int8 one, Q6_K the float one), here with
+tiles of 64 rows: the interpreter runs one program at a time, ~40 ms each whatever its
+size (the kernel tests cover the default tiles).
 tests/model/test_gpu_path.py runs these models on a GPU, with CUDA graphs; this test runs
 in CI, which has none. Without the interpreter (a GPU machine runs the suite without it)
 CPU tensors take the torch reference path instead.
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 import corral.kernels.triton.matvec as matvec_module
+import corral.kernels.triton.matvec_int8 as matvec_int8_module
 from corral.kernels.packing import pack
 from corral.kernels.triton.linear import quantized_linear, swiglu_linear
 from corral.model.fusion import SwiGLULinear
@@ -49,6 +51,7 @@ def triton_layout(monkeypatch):
         return matvec_module.MatvecConfig(64, config.groups, config.num_warps, split_waves=0)
 
     monkeypatch.setattr(matvec_module, "default_config", wide_tiles)
+    monkeypatch.setattr(matvec_int8_module, "DEFAULT_TILES", matvec_int8_module.Int8Tiles(64))
 
 
 @pytest.mark.parametrize("kind", ["Q4_K_M", "Q8_0"])

@@ -3,7 +3,8 @@
 | activation rows M           | dtype          | path                                    |
 |-----------------------------|----------------|-----------------------------------------|
 | any (F16/BF16/F32 weight)   | any            | torch.nn.functional.linear (cuBLAS)     |
-| M <= MATVEC_MAX_M           | f16, bf16, f32 | fused matvec (bandwidth-bound)          |
+| M <= MATVEC_MAX_M, Q4_0/Q4_1/Q4_K/Q8_0 | any | x to int8, int8 matvec (`matvec_int8`) |
+| M <= MATVEC_MAX_M, others   | f16, bf16, f32 | fused matvec (bandwidth-bound)          |
 | M >  MATVEC_MAX_M           | f16, bf16, f32 | dequantize in one pass, then cuBLAS     |
 
 The matvec does M FMAs per decoded weight on CUDA cores, so its cost grows with M. The
@@ -17,6 +18,11 @@ in M up to a few hundred rows. Measured on an H100 for a 14336 x 4096 Q4_K weigh
 the kernels run only under Triton's interpreter (TRITON_INTERPRET=1, for tests);
 otherwise CPU calls take the reference path.
 
+For the types that `matvec_int8.int8_enabled` names, decode quantizes x to int8 blocks
+(one small kernel, `int8_act.quantize_activations`) and multiplies with dp4a: 2.6-3.1
+TB/s on an H100 where the float matvec reads 1.5-2.2 (see matvec_int8.py). Results then
+carry x's int8 rounding, as llama.cpp's; CORRAL_INT8_ACT=0 keeps the float matvec.
+
 GPTQ weights (corral.kernels.gptq) take the same paths; an act-order weight's columns
 were sorted by group at load, so the activations are gathered the same way first
 (x[:, perm], one small copy of M x K values).
@@ -28,9 +34,12 @@ import torch
 
 from corral.kernels.packing import DENSE, PackedWeight
 from corral.kernels.reference import linear_reference, swiglu_reference
+from corral.kernels.triton.decode import KERNEL_TYPES
 from corral.kernels.triton.dequant import dequantize
 from corral.kernels.triton.elementwise import silu_mul_pairs
+from corral.kernels.triton.int8_act import quantize_activations
 from corral.kernels.triton.matvec import matvec
+from corral.kernels.triton.matvec_int8 import int8_enabled, matvec_int8
 
 MATVEC_MAX_M = 4
 
@@ -73,8 +82,17 @@ def quantized_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
     if m == 0 or not on_triton:
         return linear_reference(x, pw)
     x2 = _columns_in_weight_order(x2, pw)  # (M, K)
-    y = matvec(x2, pw) if m <= MATVEC_MAX_M else dense_linear(x2, pw)
+    y = _decode_matvec(x2, pw) if m <= MATVEC_MAX_M else dense_linear(x2, pw)
     return y.reshape(*x.shape[:-1], n)  # (..., N)
+
+
+def _decode_matvec(x2: torch.Tensor, pw: PackedWeight, swiglu: bool = False) -> torch.Tensor:
+    """x2 (M, K) contiguous, M <= MATVEC_MAX_M, times the weight: the int8 matvec where
+    `int8_enabled`, else the float one; (M, N), or (M, N / 2) with swiglu."""
+    if int8_enabled(pw.qtype):
+        xq = quantize_activations(x2, KERNEL_TYPES[pw.qtype].bits)
+        return matvec_int8(xq, pw, x2.dtype, swiglu=swiglu)
+    return matvec(x2, pw, swiglu=swiglu)
 
 
 def swiglu_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
@@ -89,7 +107,7 @@ def swiglu_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
     m = x2.shape[0]
     on_triton = x.device.type == "cuda" or _interpreted()
     if 0 < m <= MATVEC_MAX_M and on_triton and pw.qtype not in DENSE:
-        y = matvec(_columns_in_weight_order(x2, pw), pw, swiglu=True)  # (M, N / 2)
+        y = _decode_matvec(_columns_in_weight_order(x2, pw), pw, swiglu=True)  # (M, N / 2)
     else:
         pairs = quantized_linear(x2, pw)  # (M, N): gate and up of each unit side by side
         y = silu_mul_pairs(pairs) if on_triton else swiglu_reference(pairs)  # (M, N / 2)

@@ -52,7 +52,7 @@ from corral.kernels.triton.pdl import launch_options, release_dependents, wait_f
 
 
 @triton.jit
-def _load_step(
+def load_weight_step(
     QS, QH, SC, D, DM, rows3, cs3, gs3, g0, g_end, n_groups, meta_zero,
     HBITS: tl.constexpr, KIND: tl.constexpr, D_DIV: tl.constexpr, EVEN: tl.constexpr,
 ):  # fmt: skip
@@ -195,7 +195,7 @@ def _matvec_kernel(
     g_begin = pid_s * groups_per_split
     g_end = tl.minimum(g_begin + groups_per_split, n_groups)
     acc = tl.zeros([BM, BN, G], dtype=tl.float32)
-    Wn, Hn, scn, dn, dmn = _load_step(
+    Wn, Hn, scn, dn, dmn = load_weight_step(
         QS, QH, SC, D, DM, rows3, cs3, gs3, g_begin, g_end, n_groups, meta_zero,
         HBITS, KIND, D_DIV, EVEN,
     )  # fmt: skip
@@ -207,7 +207,7 @@ def _matvec_kernel(
         # software pipelining by hand: the next step's tile is requested before this one
         # is decoded; the last step requests itself again (from L2) rather than paying
         # for masks (peeling it off instead makes ptxas spill)
-        Wn, Hn, scn, dn, dmn = _load_step(
+        Wn, Hn, scn, dn, dmn = load_weight_step(
             QS, QH, SC, D, DM, rows3, cs3, gs3, tl.minimum(g0 + G, last), g_end, n_groups,
             meta_zero, HBITS, KIND, D_DIV, EVEN,
         )  # fmt: skip
@@ -216,20 +216,30 @@ def _matvec_kernel(
             BITS, HBITS, NSUB, KIND, OFFSET, BM, BN, G, EVEN,
         )  # fmt: skip
     y = tl.sum(acc, axis=2)  # (BM, BN)
+    if SPLIT:
+        out_off = ms[:, None] * N + rows[None, :]  # (BM, BN) in an (M, N) output
+        out_mask = (ms < M)[:, None] & (rows < N)[None, :]
+        tl.store(OUT + pid_s * stride_os + out_off, y, mask=out_mask)
+    else:
+        store_rows(OUT, y, ms, pid_n, M, N, BN, SWIGLU)
+
+
+@triton.jit
+def store_rows(OUT, y, ms, pid_n, M, N, BN: tl.constexpr, SWIGLU: tl.constexpr):
+    """Store a program's float32 sums y (BM, BN) of rows pid_n * BN.. in OUT's dtype: at
+    [ms, rows] of an (M, N) output, or with SWIGLU (rows 2i, 2i + 1 are gate and up of
+    output column i) silu(gate) * up at [ms, i] of an (M, N / 2) output."""
     DT: tl.constexpr = OUT.dtype.element_ty
-    if SWIGLU:  # rows 2i, 2i + 1 are gate and up of output column i of an (M, N / 2) output
-        pairs = tl.reshape(y.to(DT).to(tl.float32), [BM, BN // 2, 2])  # rounded as stored
+    if SWIGLU:
+        pairs = tl.reshape(y.to(DT).to(tl.float32), [y.shape[0], BN // 2, 2])  # rounded as stored
         gate, up = tl.split(pairs)  # (BM, BN / 2) each
         cols = pid_n * (BN // 2) + tl.arange(0, BN // 2)
         out_mask = (ms < M)[:, None] & (cols < N // 2)[None, :]
         tl.store(OUT + ms[:, None] * (N // 2) + cols[None, :], silu_times(gate, up, DT), out_mask)
     else:
-        out_off = ms[:, None] * N + rows[None, :]  # (BM, BN) in an (M, N) output
+        rows = pid_n * BN + tl.arange(0, BN)
         out_mask = (ms < M)[:, None] & (rows < N)[None, :]
-        if SPLIT:
-            tl.store(OUT + pid_s * stride_os + out_off, y, mask=out_mask)
-        else:
-            tl.store(OUT + out_off, y.to(DT), mask=out_mask)
+        tl.store(OUT + ms[:, None] * N + rows[None, :], y.to(DT), mask=out_mask)
 
 
 @triton.jit

@@ -1,0 +1,209 @@
+"""Matvec with int8 activations: y = x @ W.T from packed weights and `Int8Activations`.
+
+The float matvec (`matvec.py`) decodes each weight to float32 and spends about 4.5
+instructions per 4-bit weight, which keeps the H100's issue slots busier than its memory
+(1.9-2.1 TB/s on the large 4-bit weights against 2.7 for Q8_0, whose bytes hold half as
+many weights). Here, as in llama.cpp's mmvq, the activations come quantized to int8 per
+weight group (`corral.kernels.act_quant`), and one `dp4a` multiplies four weight bytes by
+four activation codes into an int32 sum: a 4-bit word of 8 weights costs two masks, one
+shift and two dp4a; a Q8_0 word, one dp4a. Per group and row the int32 sum becomes
+float once: a * d_x * sum(q * q_x) + b * s_x, with (a, b) the group's `sub_block_ab`.
+
+Tiles, pipelining and the scale loads are the float matvec's (`load_weight_step`, one
+register layout for the loop); a thread's 4 words of a group meet the P = 8 / bits code
+words of the same 4 columns, one 16-byte load each. Types: low fields of 4 or 8 bits, no
+high bits, one sub-block per group: Q4_0, Q4_1, Q4_K and Q8_0 (`supports_int8`). The
+high-bit types (Q5_*, Q6_K, Q3_K), Q2_K's four sub-blocks and GPTQ keep the float matvec.
+
+On an H100 (benchmarks/kernel_bandwidth.py --int8, Llama-2-7B shapes) this reads Q4_K
+weights at 2.9-3.1 TB/s where the float matvec reads 1.5-2.2, and the 4096-row weights
+gain most (4096 x 4096: 1.48 -> 2.64-2.90 TB/s); quantizing x is a separate ~2 us kernel
+(`corral.kernels.triton.int8_act`). Decode uses it for these types unless
+CORRAL_INT8_ACT=0 (`int8_enabled`): the results then carry the activations' int8
+rounding (a relative error of ~3e-4 of the largest output on random data), as
+llama.cpp's quantized matvecs do.
+
+Off a GPU (Triton's interpreter) dp4a is emulated with shifts and multiplies.
+"""
+
+import os
+from dataclasses import astuple, dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from corral.kernels.act_quant import Int8Activations
+from corral.kernels.packing import BLOCKS, PackedWeight
+from corral.kernels.triton.decode import KERNEL_TYPES, kernel_args, sub_block_ab
+from corral.kernels.triton.matvec import load_weight_step, store_rows
+from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
+
+
+@triton.jit
+def dot4(a, b, c, EMULATE: tl.constexpr):
+    """c + the dot product of the 4 bytes of a (unsigned) and of b (signed): PTX dp4a."""
+    if EMULATE:
+        out = c
+        for i in tl.static_range(4):
+            out += ((a >> (8 * i)) & 0xFF) * ((b << (24 - 8 * i)) >> 24)
+    else:
+        out = tl.inline_asm_elementwise(
+            "dp4a.u32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
+            dtype=tl.int32, is_pure=True, pack=1,
+        )  # fmt: skip
+    return out
+
+
+@triton.jit
+def _accumulate(
+    acc, CODES, XD, XS, W, sc, d, dm, code_cols, meta_cols, cs3, g0, g_end,
+    BITS: tl.constexpr, KIND: tl.constexpr, OFFSET: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr,
+    EVEN: tl.constexpr, EMULATE: tl.constexpr,
+):  # fmt: skip
+    """acc (BM, BN, G) plus the products of the step at group g0 (words W, scales)."""
+    P: tl.constexpr = 8 // BITS  # byte words per weight word
+    C: tl.constexpr = 4 * G
+    MASK: tl.constexpr = (1 << BITS) - 1
+    BYTE_MASK: tl.constexpr = MASK * 0x01010101  # the low BITS of every byte
+    isum = tl.zeros([BM, BN, C], dtype=tl.int32)
+    for t in tl.static_range(P):
+        ptrs = CODES + code_cols + g0 * (4 * P) + 4 * t  # (BM, 1, C)
+        if EVEN:
+            codes = tl.load(ptrs)
+        else:
+            codes = tl.load(ptrs, mask=g0 + cs3 // 4 < g_end, other=0)
+        if P == 1:
+            q = W
+        else:
+            q = (W >> (BITS * t)) & BYTE_MASK  # fields P b + t, one per byte b
+        isum = dot4(
+            tl.broadcast_to(q, [BM, BN, C]), tl.broadcast_to(codes, [BM, BN, C]), isum, EMULATE
+        )  # fmt: skip
+    isum_g = tl.sum(tl.reshape(isum, [BM, BN, G, 4]), axis=3)  # (BM, BN, G)
+    if EVEN:
+        xd = tl.load(XD + meta_cols + g0)
+        xs = tl.load(XS + meta_cols + g0)
+    else:
+        inside = g0 + tl.arange(0, G)[None, None, :] < g_end  # (1, 1, G)
+        xd = tl.load(XD + meta_cols + g0, mask=inside, other=0.0)
+        xs = tl.load(XS + meta_cols + g0, mask=inside, other=0.0)
+    a, b = sub_block_ab(sc, d, dm, 0, KIND, OFFSET)  # (1, BN, G) each
+    return acc + a * (xd * isum_g.to(tl.float32)) + b * xs
+
+
+@triton.jit(do_not_specialize=["meta_zero"])
+def _matvec_int8_kernel(
+    CODES, XD, XS, QS, QH, SC, D, DM, OUT,
+    M, N, n_groups, n_steps, stride_cm, stride_dm, meta_zero,
+    BITS: tl.constexpr, D_DIV: tl.constexpr, KIND: tl.constexpr, OFFSET: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, SWIGLU: tl.constexpr,
+    EVEN: tl.constexpr, EMULATE: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    release_dependents(PDL)
+    P: tl.constexpr = 8 // BITS
+    C: tl.constexpr = 4 * G  # words per row and step
+    pid_n = tl.program_id(0)
+    rows = pid_n * BN + tl.arange(0, BN)
+    # rows past N re-read row N - 1 (never stored), so quant loads need no row mask
+    rows3 = tl.minimum(rows, N - 1).to(tl.int64)[None, :, None]  # (1, BN, 1)
+    ms = tl.arange(0, BM)
+    ms3 = tl.minimum(ms, M - 1)[:, None, None]  # (BM, 1, 1), likewise
+    cs3 = tl.arange(0, C)[None, None, :]  # (1, 1, C)
+    gs3 = tl.arange(0, G)[None, None, :]  # (1, 1, G)
+    code_cols = ms3 * stride_cm + (cs3 // 4) * (4 * P) + cs3 % 4  # (BM, 1, C): t = 0, group 0
+    meta_cols = ms3 * stride_dm + gs3 + meta_zero  # (BM, 1, G); see matvec's _load_scales
+    acc = tl.zeros([BM, BN, G], dtype=tl.float32)
+    Wn, Hn, scn, dn, dmn = load_weight_step(
+        QS, QH, SC, D, DM, rows3, cs3, gs3, 0, n_groups, n_groups, meta_zero,
+        0, KIND, D_DIV, EVEN,
+    )  # fmt: skip
+    wait_for_inputs(PDL)  # the weights never change: only x waits for the kernel before
+    last = (n_steps - 1) * G
+    for step in range(0, n_steps):
+        g0 = step * G
+        W, sc, d, dm = Wn, scn, dn, dmn
+        # the next step's tile is requested before this one is decoded (as in matvec)
+        Wn, Hn, scn, dn, dmn = load_weight_step(
+            QS, QH, SC, D, DM, rows3, cs3, gs3, tl.minimum(g0 + G, last), n_groups, n_groups,
+            meta_zero, 0, KIND, D_DIV, EVEN,
+        )  # fmt: skip
+        acc = _accumulate(
+            acc, CODES, XD, XS, W, sc, d, dm, code_cols, meta_cols, cs3, g0, n_groups,
+            BITS, KIND, OFFSET, BM, BN, G, EVEN, EMULATE,
+        )  # fmt: skip
+    store_rows(OUT, tl.sum(acc, axis=2), ms, pid_n, M, N, BN, SWIGLU)  # sums (BM, BN)
+
+
+def supports_int8(qtype: str) -> bool:
+    """Whether `matvec_int8` takes weights of `qtype` (see the module docstring)."""
+    if qtype not in BLOCKS:  # GPTQ layouts: not yet (act-order permutes x's columns)
+        return False
+    kt = KERNEL_TYPES[qtype]
+    return kt.bits in (4, 8) and kt.hbits == 0 and kt.nsub == 1
+
+
+def int8_enabled(qtype: str) -> bool:
+    """Whether decode matvecs of `qtype` weights run on int8 activations: types that
+    `supports_int8`, unless CORRAL_INT8_ACT=0 asks for the float matvec everywhere."""
+    return supports_int8(qtype) and os.environ.get("CORRAL_INT8_ACT", "1") != "0"
+
+
+@dataclass(frozen=True)
+class Int8Tiles:
+    """A program's block_n rows, `groups` groups of 4 words per step (fewer when a row has
+    fewer) and num_warps warps (scaled down with the groups); powers of two.
+
+    The defaults were the best or within ~5% of the best tiling of INT8_SWEEP in
+    benchmarks/kernel_bandwidth.py for Q4_0, Q4_K and Q8_0 on Llama-2-7B's weight shapes
+    (batch 1, H100); several activation rows take the same tiles, untimed."""
+
+    block_n: int = 4
+    groups: int = 128
+    num_warps: int = 4
+
+
+DEFAULT_TILES = Int8Tiles()
+
+
+def matvec_int8(
+    xq: Int8Activations,
+    pw: PackedWeight,
+    out_dtype: torch.dtype = torch.float16,
+    tiles: Int8Tiles | None = None,
+    *,
+    swiglu: bool = False,
+) -> torch.Tensor:
+    """(M, N) in out_dtype: the quantized activations (M, K) times the packed weight's
+    transpose, with `tiles` (default DEFAULT_TILES). swiglu: as `matvec`'s, silu(gate) *
+    up of interleaved rows, (M, N / 2)."""
+    block_n, groups, num_warps = astuple(tiles or DEFAULT_TILES)
+    if not supports_int8(pw.qtype):
+        raise ValueError(f"no int8-activation matvec for {pw.qtype} weights")
+    kt = KERNEL_TYPES[pw.qtype]
+    n, k = pw.shape
+    m = xq.shape[0]
+    if xq.bits != kt.bits or xq.shape[1] != k:
+        raise ValueError(
+            f"activations quantized for {xq.bits}-bit fields, {xq.shape[1]} columns; "
+            f"{pw.qtype} weight needs {kt.bits}-bit fields, {k} columns"
+        )
+    if groups & (groups - 1) or block_n & (block_n - 1):
+        raise ValueError(f"tiles must be powers of two, got {block_n} rows x {groups} groups")
+    if swiglu and (n % 2 or block_n % 2):
+        raise ValueError(f"SwiGLU pairs need an even row count and tile, got {n}, {block_n}")
+    n_groups = k // kt.group
+    fitted = min(groups, triton.next_power_of_2(n_groups))
+    warps = max(1, num_warps * fitted // groups)
+    out = torch.empty(m, n // 2 if swiglu else n, dtype=out_dtype, device=xq.codes.device)
+    emulate = os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter runs no PTX
+    _matvec_int8_kernel[(triton.cdiv(n, block_n),)](
+        xq.codes, xq.d, xq.s, *kernel_args(pw.tensors, kt), out,
+        m, n, n_groups, triton.cdiv(n_groups, fitted), xq.codes.stride(0), xq.d.stride(0), 0,
+        kt.bits, kt.d_div, kt.scale_kind, kt.offset,
+        BM=triton.next_power_of_2(m), BN=block_n, G=fitted, SWIGLU=swiglu,
+        EVEN=n_groups % fitted == 0, EMULATE=emulate, num_warps=warps,
+        **launch_options(out.device, m),
+    )  # fmt: skip
+    return out

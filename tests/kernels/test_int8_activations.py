@@ -1,0 +1,81 @@
+"""Activations quantized to int8 blocks (`int8_act.quantize_activations`) against their
+torch twin (`act_quant.quantize_activations_reference`), bit for bit, and both against
+the definition of llama.cpp's q8_1 blocks computed here in float64: d = max |x| / 127,
+every code within 127, every value within d / 2 of d * code, s = d * sum of the codes.
+
+Shapes: a block count that is not a multiple of a program's blocks, several rows, a
+block of zeros, float16 / bfloat16 / float32 inputs, the block sizes of 2-, 4- and 8-bit
+weights (64, 32, 16 weights).
+"""
+
+import pytest
+import torch
+
+from corral.kernels.act_quant import (
+    code_weight_index,
+    dequantize_activations,
+    group_weights,
+    quantize_activations_reference,
+)
+from corral.kernels.triton.int8_act import BLOCKS_PER_PROGRAM, quantize_activations
+
+
+def activations(m: int, k: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """(m, k) with rows of different magnitudes and the first block all zeros."""
+    g = torch.Generator().manual_seed(k + m)
+    x = torch.randn(m, k, generator=g) * torch.logspace(-2, 2, m)[:, None]
+    x[0, :64] = 0.0
+    return x.to(dtype).to(device)
+
+
+@pytest.mark.parametrize(
+    ("bits", "m", "dtype"),
+    [(4, 1, torch.float16), (4, 3, torch.bfloat16), (8, 2, torch.float32), (2, 1, torch.float16)],
+)
+def test_kernel_matches_its_torch_twin_bit_for_bit(bits, m, dtype, device: str):
+    k = group_weights(bits) * (BLOCKS_PER_PROGRAM + 5)  # two programs, the second part full
+    x = activations(m, k, dtype, device)
+    got = quantize_activations(x, bits)
+    want = quantize_activations_reference(x.cpu(), bits)
+    assert got.bits == bits and got.shape == (m, k)
+    assert torch.equal(got.codes.cpu(), want.codes)
+    assert torch.equal(got.d.cpu(), want.d)
+    assert torch.equal(got.s.cpu(), want.s)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_blocks_follow_the_q8_1_definition(bits: int):
+    group = group_weights(bits)
+    x = activations(2, group * 6, torch.float32, "cpu").double()
+    blocks = quantize_activations_reference(x.float(), bits)
+    values = dequantize_activations(blocks).double()  # (M, K)
+    d = blocks.d.double()  # (M, blocks)
+    x_blocks = x.view(2, -1, group)  # (M, blocks, group)
+    expected_d = x_blocks.abs().amax(dim=2) / 127
+    torch.testing.assert_close(d, expected_d, rtol=2e-7, atol=0)
+    ratios = torch.where(d[..., None] > 0, values.view(2, -1, group) / d[..., None], 0.0)
+    codes = ratios.round()  # (M, blocks, group): whole numbers up to float32's rounding
+    assert (ratios - codes).abs().max() < 1e-4 and codes.abs().max() <= 127
+    error = (values.view(2, -1, group) - x_blocks).abs()
+    assert (error <= d[..., None] * (0.5 + 1e-6)).all()
+    assert (values[0, :64] == 0).all() and (blocks.d[0, : 64 // group] == 0).all()
+    torch.testing.assert_close(blocks.s.double(), d * codes.sum(dim=2), rtol=1e-6, atol=0)
+
+
+def test_code_layout_pairs_bytes_with_the_weight_fields():
+    """Byte b of code word (t, w) is the weight of field P b + t of weight word w, which
+    `packing` stores as weight 4 j + w (so 4-bit words decode bytes as fields 2b, 2b + 1)."""
+    assert code_weight_index(8)[0, 1].tolist() == [1, 5, 9, 13]  # field b of word 1
+    assert code_weight_index(4)[1, 2].tolist() == [6, 14, 22, 30]  # fields 1, 3, 5, 7 of word 2
+    assert code_weight_index(2)[3, 0].tolist() == [12, 28, 44, 60]  # fields 3, 7, 11, 15
+    for bits in (2, 4, 8):  # every weight of a block exactly once
+        assert sorted(code_weight_index(bits).flatten().tolist()) == list(range(128 // bits))
+
+
+def test_bad_shapes_are_refused(device: str):
+    with pytest.raises(ValueError, match="not whole blocks of 32"):
+        quantize_activations(torch.zeros(1, 48, device=device), 4)
+    with pytest.raises(ValueError, match="2-, 4- or 8-bit"):
+        quantize_activations(torch.zeros(1, 64, device=device), 6)
+    with pytest.raises(ValueError, match="contiguous"):
+        quantize_activations(torch.zeros(64, 2, device=device).T, 4)

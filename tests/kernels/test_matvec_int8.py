@@ -1,0 +1,117 @@
+"""The int8-activation matvec (`matvec_int8`) against gguf-py: y = x' @ W.T in float64,
+with W gguf-py's dequantization of the same GGUF bytes and x' the activations after the
+int8 rounding (the quantizing kernel's torch twin, bit-exact with it:
+test_int8_activations.py). The kernel's sums are exact integers until the float32
+scaling, so the bound is float32's (float16 outputs: their rounding).
+
+Shapes are irregular: 37 rows (no multiple of a row tile), K of 3 super-blocks (the last
+K-step half empty with 2-group steps, whole steps with 3- or 6-group ones), batch 1, 3
+and 4, the default tiles and small ones, and SwiGLU pairs in the epilogue.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from kernel_cases import gguf_bytes, oracle_weight
+
+from corral.kernels.act_quant import dequantize_activations, quantize_activations_reference
+from corral.kernels.packing import interleave_rows, pack
+from corral.kernels.triton.decode import KERNEL_TYPES
+from corral.kernels.triton.int8_act import quantize_activations
+from corral.kernels.triton.matvec_int8 import (
+    Int8Tiles,
+    int8_enabled,
+    matvec_int8,
+    supports_int8,
+)
+
+N, K = 37, 768
+INT8_TYPES = ("Q4_0", "Q4_1", "Q4_K", "Q8_0")
+
+
+def weight(qtype: str, n: int, device: str, seed: int = 0):
+    """(packed weight on `device`, gguf-py's float32 (n, K) weight on CPU)."""
+    raw = gguf_bytes(qtype, n, K, seed=seed)
+    return pack(torch.from_numpy(raw), qtype, K).to(device), oracle_weight(raw, qtype, K)
+
+
+def quantized(m: int, qtype: str, device: str, scale: float = 1.0):
+    """(int8 activations of random float16 (m, K) x * scale on `device`, their float64
+    values on CPU)."""
+    x = (torch.randn(m, K, generator=torch.Generator().manual_seed(m)) * scale).half()
+    bits = KERNEL_TYPES[qtype].bits
+    values = dequantize_activations(quantize_activations_reference(x, bits)).double()
+    return quantize_activations(x.to(device), bits), values
+
+
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Within float32 summation error, plus the output dtype's rounding."""
+    scale = expected.abs().max().item()
+    slack = 2e-6 if actual.dtype == torch.float32 else torch.finfo(actual.dtype).eps
+    error = (actual.double().cpu() - expected).abs().max().item()
+    assert error <= slack * scale, f"max error {error:.3g} vs max |ref| {scale:.3g}"
+
+
+@pytest.mark.parametrize("qtype", INT8_TYPES)
+@pytest.mark.parametrize(("m", "tiles"), [(1, None), (3, Int8Tiles(8, 2, 1)), (4, None)])
+def test_matvec_int8_matches_gguf_py(qtype: str, m: int, tiles: Int8Tiles | None, device: str):
+    pw, w = weight(qtype, N, device)
+    xq, values = quantized(m, qtype, device)
+    y = matvec_int8(xq, pw, torch.float32, tiles)
+    assert y.shape == (m, N)
+    assert_matches(y, values @ w.double().T)
+
+
+@pytest.mark.parametrize(("qtype", "groups"), [("Q4_K", 8), ("Q8_0", 16)])
+def test_whole_steps_take_the_unmasked_path(qtype: str, groups: int, device: str):
+    """K = 24 groups of 4-bit weights (48 of Q8_0): three whole steps, no masks."""
+    pw, w = weight(qtype, N, device, seed=2)
+    xq, values = quantized(1, qtype, device)
+    y = matvec_int8(xq, pw, torch.float32, Int8Tiles(groups=groups))
+    assert_matches(y, values @ w.double().T)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0"])
+def test_swiglu_epilogue(qtype: str, device: str):
+    (gate, gate_w), (up, up_w) = (weight(qtype, 24, device, seed) for seed in (5, 6))
+    xq, values = quantized(2, qtype, device, scale=1 / 16)  # silu's exp stays finite
+    y = matvec_int8(xq, interleave_rows(gate, up), torch.float16, swiglu=True)  # (2, 24)
+    gate_y, up_y = (values @ w.double().T for w in (gate_w, up_w))
+    # gate and up are rounded to float16 before the product, as they are stored unfused
+    expected = F.silu(gate_y.half().double()) * up_y.half().double()
+    assert_matches(y, expected)
+
+
+def test_int8_rounding_costs_what_rounding_to_d_over_2_predicts(device: str):
+    """The price of int8 activations against the exact float product: each x moves by up
+    to d / 2 of its block (uniformly, so a variance of d^2 / 12), so output i moves with a
+    standard deviation of sqrt(sum_k w_ik^2 d_k^2 / 12); no output strays past 5 of
+    them (on random data ~1% of the largest output; llama.cpp's matvecs pay the same)."""
+    pw, w = weight("Q4_K", N, device, seed=7)
+    x = torch.randn(1, K, generator=torch.Generator().manual_seed(9))
+    xq = quantize_activations(x.to(device), 4)
+    y = matvec_int8(xq, pw, torch.float32).cpu().double()
+    exact = x.double() @ w.double().T  # (1, N)
+    d = xq.d.cpu().double().repeat_interleave(32, dim=1)  # (1, K): each x's block scale
+    sigma = ((w.double() ** 2 * d**2 / 12).sum(dim=1)).sqrt()  # (N,)
+    assert ((y - exact).abs() <= 5 * sigma).all()
+
+
+def test_types_and_switch(monkeypatch):
+    assert {t for t in KERNEL_TYPES if supports_int8(t)} == set(INT8_TYPES)
+    assert not supports_int8("GPTQ4g128") and not supports_int8("F16")
+    assert int8_enabled("Q4_K")
+    monkeypatch.setenv("CORRAL_INT8_ACT", "0")
+    assert not int8_enabled("Q4_K")
+
+
+def test_mismatches_are_refused(device: str):
+    pw, _ = weight("Q4_K", N, device)
+    xq, _ = quantized(1, "Q8_0", device)
+    with pytest.raises(ValueError, match="8-bit fields, 768 columns; Q4_K weight needs 4-bit"):
+        matvec_int8(xq, pw)
+    q6, _ = weight("Q6_K", N, device)
+    with pytest.raises(ValueError, match="no int8-activation matvec for Q6_K"):
+        matvec_int8(quantized(1, "Q4_K", device)[0], q6)
+    with pytest.raises(ValueError, match="even row count"):
+        matvec_int8(quantized(1, "Q4_K", device)[0], pw, swiglu=True)
