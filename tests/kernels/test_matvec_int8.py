@@ -100,7 +100,9 @@ def test_int8_rounding_costs_what_rounding_to_d_over_2_predicts(device: str):
 def test_types_and_switch(monkeypatch):
     assert {t for t in KERNEL_TYPES if supports_int8(t)} == set(INT8_TYPES)
     assert not supports_int8("GPTQ4g128") and not supports_int8("F16")
-    assert int8_enabled("Q4_K")
+    assert int8_enabled("Q4_K") and int8_enabled("Q4_0") and not int8_enabled("Q8_0")
+    monkeypatch.setenv("CORRAL_INT8_ACT", "all")
+    assert int8_enabled("Q8_0") and not int8_enabled("Q6_K")
     monkeypatch.setenv("CORRAL_INT8_ACT", "0")
     assert not int8_enabled("Q4_K")
 

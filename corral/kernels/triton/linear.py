@@ -3,7 +3,7 @@
 | activation rows M           | dtype          | path                                    |
 |-----------------------------|----------------|-----------------------------------------|
 | any (F16/BF16/F32 weight)   | any            | torch.nn.functional.linear (cuBLAS)     |
-| M <= MATVEC_MAX_M, Q4_0/Q4_1/Q4_K/Q8_0 | any | x to int8, int8 matvec (`matvec_int8`) |
+| M <= MATVEC_MAX_M, Q4_0/Q4_1/Q4_K | any | x to int8, int8 matvec (`matvec_int8`) |
 | M <= MATVEC_MAX_M, others   | f16, bf16, f32 | fused matvec (bandwidth-bound)          |
 | M >  MATVEC_MAX_M           | f16, bf16, f32 | dequantize in one pass, then cuBLAS     |
 

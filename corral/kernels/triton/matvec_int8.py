@@ -19,7 +19,7 @@ On an H100 (benchmarks/kernel_bandwidth.py --int8, Llama-2-7B shapes) this reads
 weights at 2.9-3.1 TB/s where the float matvec reads 1.5-2.2, and the 4096-row weights
 gain most (4096 x 4096: 1.48 -> 2.64-2.90 TB/s); quantizing x is a separate ~2 us kernel
 (`corral.kernels.triton.int8_act`). Decode uses it for these types unless
-CORRAL_INT8_ACT=0 (`int8_enabled`): the results then carry the activations' int8
+CORRAL_INT8_ACT=0 (`int8_enabled`; Q8_0 only on request): the results then carry the activations' int8
 rounding (a relative error of ~3e-4 of the largest output on random data), as
 llama.cpp's quantized matvecs do.
 
@@ -145,9 +145,17 @@ def supports_int8(qtype: str) -> bool:
 
 
 def int8_enabled(qtype: str) -> bool:
-    """Whether decode matvecs of `qtype` weights run on int8 activations: types that
-    `supports_int8`, unless CORRAL_INT8_ACT=0 asks for the float matvec everywhere."""
-    return supports_int8(qtype) and os.environ.get("CORRAL_INT8_ACT", "1") != "0"
+    """Whether decode matvecs of `qtype` weights run on int8 activations.
+
+    CORRAL_INT8_ACT: "1" (default) for the 4-bit types that `supports_int8`; "all" adds
+    Q8_0; "0" keeps the float matvec everywhere. Q8_0 is off by default because the
+    float matvec already reads it at ~2.7-2.9 TB/s: a 7B Q8_0 file decoded at 293 tokens/s
+    with int8 activations against 307 without on an H100, the ~2.4 us quantizing kernel
+    before each matvec costing more than the faster matvec saves."""
+    setting = os.environ.get("CORRAL_INT8_ACT", "1")
+    if setting == "0" or not supports_int8(qtype):
+        return False
+    return setting == "all" or KERNEL_TYPES[qtype].bits == 4
 
 
 @dataclass(frozen=True)
