@@ -26,7 +26,7 @@ from corral.kernels.triton.matvec_int8 import (
 )
 
 N, K = 37, 768
-INT8_TYPES = ("Q4_0", "Q4_1", "Q4_K", "Q8_0")
+INT8_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 
 
 def weight(qtype: str, n: int, device: str, seed: int = 0):
@@ -62,7 +62,7 @@ def test_matvec_int8_matches_gguf_py(qtype: str, m: int, tiles: Int8Tiles | None
     assert_matches(y, values @ w.double().T)
 
 
-@pytest.mark.parametrize(("qtype", "groups"), [("Q4_K", 8), ("Q8_0", 16)])
+@pytest.mark.parametrize(("qtype", "groups"), [("Q4_K", 8), ("Q8_0", 16), ("Q6_K", 8)])
 def test_whole_steps_take_the_unmasked_path(qtype: str, groups: int, device: str):
     """K = 24 groups of 4-bit weights (48 of Q8_0): three whole steps, no masks."""
     pw, w = weight(qtype, N, device, seed=2)
@@ -71,7 +71,7 @@ def test_whole_steps_take_the_unmasked_path(qtype: str, groups: int, device: str
     assert_matches(y, values @ w.double().T)
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0"])
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0", "Q6_K"])
 def test_swiglu_epilogue(qtype: str, device: str):
     (gate, gate_w), (up, up_w) = (weight(qtype, 24, device, seed) for seed in (5, 6))
     xq, values = quantized(2, qtype, device, scale=1 / 16)  # silu's exp stays finite
@@ -102,7 +102,7 @@ def test_types_and_switch(monkeypatch):
     assert not supports_int8("GPTQ4g128") and not supports_int8("F16")
     assert int8_enabled("Q4_K") and int8_enabled("Q4_0") and not int8_enabled("Q8_0")
     monkeypatch.setenv("CORRAL_INT8_ACT", "all")
-    assert int8_enabled("Q8_0") and not int8_enabled("Q6_K")
+    assert int8_enabled("Q8_0") and not int8_enabled("Q2_K")
     monkeypatch.setenv("CORRAL_INT8_ACT", "0")
     assert not int8_enabled("Q4_K")
 
@@ -112,8 +112,8 @@ def test_mismatches_are_refused(device: str):
     xq, _ = quantized(1, "Q8_0", device)
     with pytest.raises(ValueError, match="8-bit fields, 768 columns; Q4_K weight needs 4-bit"):
         matvec_int8(xq, pw)
-    q6, _ = weight("Q6_K", N, device)
-    with pytest.raises(ValueError, match="no int8-activation matvec for Q6_K"):
-        matvec_int8(quantized(1, "Q4_K", device)[0], q6)
+    q3, _ = weight("Q3_K", N, device)
+    with pytest.raises(ValueError, match="no int8-activation matvec for Q3_K"):
+        matvec_int8(quantized(1, "Q3_K", device)[0], q3)
     with pytest.raises(ValueError, match="even row count"):
         matvec_int8(quantized(1, "Q4_K", device)[0], pw, swiglu=True)

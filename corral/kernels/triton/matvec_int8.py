@@ -11,17 +11,21 @@ float once: a * d_x * sum(q * q_x) + b * s_x, with (a, b) the group's `sub_block
 
 Tiles, pipelining and the scale loads are the float matvec's (`load_weight_step`, one
 register layout for the loop); a thread's 4 words of a group meet the P = 8 / bits code
-words of the same 4 columns, one 16-byte load each. Types: low fields of 4 or 8 bits, no
-high bits, one sub-block per group: Q4_0, Q4_1, Q4_K and Q8_0 (`supports_int8`). The
-high-bit types (Q5_*, Q6_K, Q3_K), Q2_K's four sub-blocks and GPTQ keep the float matvec.
+words of the same 4 columns, one 16-byte load each. Types (`supports_int8`): 4-bit low
+fields with up to 2 high bits and up to 2 sub-blocks per group (Q4_0, Q4_1, Q5_0, Q5_1,
+Q4_K, Q5_K, Q6_K), and Q8_0. High bits are spread from `qh` into each byte's bits 4-5
+with two shift-and-masks per word (`_spread_high_bits`); Q6_K's two sub-blocks of 16
+take two dp4a sums each, through codes masked to their bytes. Q2_K and Q3_K (2-bit
+fields, four sub-blocks) and GPTQ keep the float matvec.
 
 On an H100 (benchmarks/kernel_bandwidth.py --int8, Llama-2-7B shapes) this reads Q4_K
 weights at 2.9-3.1 TB/s where the float matvec reads 1.5-2.2, and the 4096-row weights
 gain most (4096 x 4096: 1.48 -> 2.64-2.90 TB/s); quantizing x is a separate ~2 us kernel
-(`corral.kernels.triton.int8_act`). Decode uses it for these types unless
-CORRAL_INT8_ACT=0 (`int8_enabled`; Q8_0 only on request): the results then carry the activations' int8
-rounding (a relative error of ~3e-4 of the largest output on random data), as
-llama.cpp's quantized matvecs do.
+(`corral.kernels.triton.int8_act`). Decode uses it for the 4-bit types unless
+CORRAL_INT8_ACT=0 (`int8_enabled`; Q8_0 only on request). The results then carry the
+activations' int8 rounding, as llama.cpp's quantized matvecs do: each x moves by up to
+half its block's step (max |x| / 254), about 1% of the largest output on random data
+(tests/kernels/test_matvec_int8.py).
 
 Off a GPU (Triton's interpreter) dp4a is emulated with shifts and multiplies.
 """
@@ -56,18 +60,43 @@ def dot4(a, b, c, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def _spread_high_bits(H, HBITS: tl.constexpr):
+    """High bits H (fields j at bits [HBITS j, HBITS (j + 1)), 8 fields) -> the two fields
+    of weight byte b (fields 2b, 2b + 1) at the bottom of byte b: two shift-and-masks."""
+    x = H & ((1 << (8 * HBITS)) - 1)  # int16 fields arrive sign-extended
+    x = (x | (x << (16 - 4 * HBITS))) & (((1 << (4 * HBITS)) - 1) * 0x00010001)
+    return (x | (x << (8 - 2 * HBITS))) & (((1 << (2 * HBITS)) - 1) * 0x01010101)
+
+
+@triton.jit
+def _group_sum(v, BM: tl.constexpr, ROWS: tl.constexpr, G: tl.constexpr):
+    """(BM, ROWS, 4 G) int32 -> the float32 sums over each group's 4 words (BM, ROWS, G)."""
+    return tl.sum(tl.reshape(v, [BM, ROWS, G, 4]), axis=3).to(tl.float32)
+
+
+@triton.jit
 def _accumulate(
-    acc, CODES, XD, XS, W, sc, d, dm, code_cols, meta_cols, cs3, g0, g_end,
-    BITS: tl.constexpr, KIND: tl.constexpr, OFFSET: tl.constexpr,
+    acc, CODES, XD, XS, W, H, sc, d, dm, code_cols, meta_cols, cs3, g0, g_end,
+    BITS: tl.constexpr, HBITS: tl.constexpr, NSUB: tl.constexpr,
+    KIND: tl.constexpr, OFFSET: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr,
     EVEN: tl.constexpr, EMULATE: tl.constexpr,
 ):  # fmt: skip
-    """acc (BM, BN, G) plus the products of the step at group g0 (words W, scales)."""
+    """acc (BM, BN, G) plus the products of the step at group g0 (words W, high bits H,
+    scales). With two sub-blocks per group (fields 0-3 and 4-7: bytes 0-1 and 2-3 of
+    every byte word), each gets its own dp4a sums through codes masked to its bytes, and
+    its own sum of codes for the offset term (b * d_x * sum(q_x))."""
     P: tl.constexpr = 8 // BITS  # byte words per weight word
     C: tl.constexpr = 4 * G
-    MASK: tl.constexpr = (1 << BITS) - 1
-    BYTE_MASK: tl.constexpr = MASK * 0x01010101  # the low BITS of every byte
-    isum = tl.zeros([BM, BN, C], dtype=tl.int32)
+    BYTE_MASK: tl.constexpr = ((1 << BITS) - 1) * 0x01010101  # the low BITS of every byte
+    HIGH_MASK: tl.constexpr = ((1 << HBITS) - 1) * 0x01010101
+    isum0 = tl.zeros([BM, BN, C], dtype=tl.int32)
+    isum1 = tl.zeros([BM, BN, C], dtype=tl.int32)
+    qsum0 = tl.zeros([BM, 1, C], dtype=tl.int32)
+    qsum1 = tl.zeros([BM, 1, C], dtype=tl.int32)
+    ones = tl.full([BM, 1, C], 0x01010101, tl.int32)
+    if HBITS > 0:
+        spread = _spread_high_bits(H, HBITS)  # (1, BN, C)
     for t in tl.static_range(P):
         ptrs = CODES + code_cols + g0 * (4 * P) + 4 * t  # (BM, 1, C)
         if EVEN:
@@ -78,26 +107,43 @@ def _accumulate(
             q = W
         else:
             q = (W >> (BITS * t)) & BYTE_MASK  # fields P b + t, one per byte b
-        isum = dot4(
-            tl.broadcast_to(q, [BM, BN, C]), tl.broadcast_to(codes, [BM, BN, C]), isum, EMULATE
-        )  # fmt: skip
-    isum_g = tl.sum(tl.reshape(isum, [BM, BN, G, 4]), axis=3)  # (BM, BN, G)
+        if HBITS > 0:
+            q = q | (((spread >> (HBITS * t)) & HIGH_MASK) << BITS)
+        q = tl.broadcast_to(q, [BM, BN, C])
+        if NSUB == 1:
+            isum0 = dot4(q, tl.broadcast_to(codes, [BM, BN, C]), isum0, EMULATE)
+        else:
+            low, high = codes & 0xFFFF, codes & -65536  # bytes 0-1, 2-3
+            isum0 = dot4(q, tl.broadcast_to(low, [BM, BN, C]), isum0, EMULATE)
+            isum1 = dot4(q, tl.broadcast_to(high, [BM, BN, C]), isum1, EMULATE)
+            qsum0 = dot4(ones, low, qsum0, EMULATE)
+            qsum1 = dot4(ones, high, qsum1, EMULATE)
     if EVEN:
         xd = tl.load(XD + meta_cols + g0)
-        xs = tl.load(XS + meta_cols + g0)
     else:
         inside = g0 + tl.arange(0, G)[None, None, :] < g_end  # (1, 1, G)
         xd = tl.load(XD + meta_cols + g0, mask=inside, other=0.0)
-        xs = tl.load(XS + meta_cols + g0, mask=inside, other=0.0)
-    a, b = sub_block_ab(sc, d, dm, 0, KIND, OFFSET)  # (1, BN, G) each
-    return acc + a * (xd * isum_g.to(tl.float32)) + b * xs
+    a0, b0 = sub_block_ab(sc, d, dm, 0, KIND, OFFSET)  # (1, BN, G) each
+    if NSUB == 1:
+        if EVEN:
+            xs = tl.load(XS + meta_cols + g0)
+        else:
+            xs = tl.load(XS + meta_cols + g0, mask=inside, other=0.0)
+        out = acc + a0 * (xd * _group_sum(isum0, BM, BN, G)) + b0 * xs
+    else:
+        a1, b1 = sub_block_ab(sc, d, dm, 1, KIND, OFFSET)
+        sums = a0 * _group_sum(isum0, BM, BN, G) + b0 * _group_sum(qsum0, BM, 1, G)
+        sums += a1 * _group_sum(isum1, BM, BN, G) + b1 * _group_sum(qsum1, BM, 1, G)
+        out = acc + xd * sums
+    return out
 
 
 @triton.jit(do_not_specialize=["meta_zero"])
 def _matvec_int8_kernel(
     CODES, XD, XS, QS, QH, SC, D, DM, OUT,
     M, N, n_groups, n_steps, stride_cm, stride_dm, meta_zero,
-    BITS: tl.constexpr, D_DIV: tl.constexpr, KIND: tl.constexpr, OFFSET: tl.constexpr,
+    BITS: tl.constexpr, HBITS: tl.constexpr, NSUB: tl.constexpr, D_DIV: tl.constexpr,
+    KIND: tl.constexpr, OFFSET: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, SWIGLU: tl.constexpr,
     EVEN: tl.constexpr, EMULATE: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
@@ -117,21 +163,21 @@ def _matvec_int8_kernel(
     acc = tl.zeros([BM, BN, G], dtype=tl.float32)
     Wn, Hn, scn, dn, dmn = load_weight_step(
         QS, QH, SC, D, DM, rows3, cs3, gs3, 0, n_groups, n_groups, meta_zero,
-        0, KIND, D_DIV, EVEN,
+        HBITS, KIND, D_DIV, EVEN,
     )  # fmt: skip
     wait_for_inputs(PDL)  # the weights never change: only x waits for the kernel before
     last = (n_steps - 1) * G
     for step in range(0, n_steps):
         g0 = step * G
-        W, sc, d, dm = Wn, scn, dn, dmn
+        W, H, sc, d, dm = Wn, Hn, scn, dn, dmn
         # the next step's tile is requested before this one is decoded (as in matvec)
         Wn, Hn, scn, dn, dmn = load_weight_step(
             QS, QH, SC, D, DM, rows3, cs3, gs3, tl.minimum(g0 + G, last), n_groups, n_groups,
-            meta_zero, 0, KIND, D_DIV, EVEN,
+            meta_zero, HBITS, KIND, D_DIV, EVEN,
         )  # fmt: skip
         acc = _accumulate(
-            acc, CODES, XD, XS, W, sc, d, dm, code_cols, meta_cols, cs3, g0, n_groups,
-            BITS, KIND, OFFSET, BM, BN, G, EVEN, EMULATE,
+            acc, CODES, XD, XS, W, H, sc, d, dm, code_cols, meta_cols, cs3, g0, n_groups,
+            BITS, HBITS, NSUB, KIND, OFFSET, BM, BN, G, EVEN, EMULATE,
         )  # fmt: skip
     store_rows(OUT, tl.sum(acc, axis=2), ms, pid_n, M, N, BN, SWIGLU)  # sums (BM, BN)
 
@@ -141,7 +187,7 @@ def supports_int8(qtype: str) -> bool:
     if qtype not in BLOCKS:  # GPTQ layouts: not yet (act-order permutes x's columns)
         return False
     kt = KERNEL_TYPES[qtype]
-    return kt.bits in (4, 8) and kt.hbits == 0 and kt.nsub == 1
+    return (kt.bits == 4 and kt.nsub <= 2) or (kt.bits == 8 and kt.hbits == 0 and kt.nsub == 1)
 
 
 def int8_enabled(qtype: str) -> bool:
@@ -209,7 +255,7 @@ def matvec_int8(
     _matvec_int8_kernel[(triton.cdiv(n, block_n),)](
         xq.codes, xq.d, xq.s, *kernel_args(pw.tensors, kt), out,
         m, n, n_groups, triton.cdiv(n_groups, fitted), xq.codes.stride(0), xq.d.stride(0), 0,
-        kt.bits, kt.d_div, kt.scale_kind, kt.offset,
+        kt.bits, kt.hbits, kt.nsub, kt.d_div, kt.scale_kind, kt.offset,
         BM=triton.next_power_of_2(m), BN=block_n, G=fitted, SWIGLU=swiglu,
         EVEN=n_groups % fitted == 0, EMULATE=emulate, num_warps=warps,
         **launch_options(out.device, m),
