@@ -9,7 +9,7 @@ and operations, barriers. Comparing two versions of a kernel this way says wheth
 change adds shuffles through shared memory or splits vector stores before any GPU time
 is spent on it (timings still need the GPU: benchmarks/kernel_bandwidth.py).
 
-    PYTHONPATH=. python benchmarks/ptx_census.py [--types Q4_K,Q8_0] [--kernels dequant,matvec]
+    PYTHONPATH=. python benchmarks/ptx_census.py [--types Q4_K,Q8_0] [--kernels matvec,matvec-int8]
         [--layer] [--arch 90] [--shape 4096x4096]
 
 `--layer` adds the rest of a decode step and a prefill: RMSNorm (with the residual add),

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from corral.kernels.packing import BLOCKS
+from corral.kernels.triton.matvec_int8 import supports_int8
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYER_KERNELS = {
@@ -52,6 +53,10 @@ def test_every_kernel_compiles_for_sm_90():
     assert {("layer", name) for name in LAYER_KERNELS} <= compiled
     for qtype in BLOCKS:  # every GGUF block type (GPTQ layouts share these kernels)
         assert {(qtype, launcher, kernel) for launcher, kernel in PER_TYPE} <= compiled, qtype
+        int8 = {(qtype, "matvec-int8", k) for k in ("_quantize_kernel", "_matvec_int8_kernel")}
+        assert (int8 <= compiled) == supports_int8(qtype), qtype
+    for line in (line for line in lines if "_matvec_int8_kernel" in line):
+        assert "dp4a.u32.s32" in line, line  # the real instruction, not the interpreter's stand-in
     for line in lines:  # every kernel stores its result, in at least one instruction
         assert "st.global" in line and "instructions" in line, line
     for line in (line for line in lines if "_dequant_kernel" in line):

@@ -5,7 +5,7 @@ in float32 by torch; and `quantized_linear` on every side of its batch-size thre
 
 import pytest
 import torch
-from kernel_cases import QTYPES, assert_close_to, gguf_bytes, oracle_weight
+from kernel_cases import QTYPES, assert_close_to, decode_input, gguf_bytes, oracle_weight
 
 from corral.kernels.packing import pack
 from corral.kernels.triton import quantized_linear
@@ -66,4 +66,4 @@ def test_dequantize_tiles(block_n: int, k_step: int, num_warps: int, device: str
 def test_quantized_linear_thresholds(m: int, dtype: torch.dtype, device: str) -> None:
     pw, w = weight("Q5_K", 256, device, seed=9)
     x = activations(m, 256, dtype, device)
-    assert_close_to(quantized_linear(x, pw), x.float().cpu() @ w.T, dtype)
+    assert_close_to(quantized_linear(x, pw), decode_input(x, pw) @ w.T, dtype)
