@@ -132,6 +132,7 @@ def layer_kernels() -> None:
     x, weight = _half(2, 4096), torch.ones(4096)
     rms_norm(x, weight, 1e-5)
     add_rms_norm(x, x, weight, 1e-5)
+    add_rms_norm(x[:1], x[:1], weight, 1e-5, int8_bits=4)  # with int8 blocks for a decode step
     silu_mul(x, x)
     silu_mul_pairs(x)  # gate and up interleaved (dense path of SwiGLULinear)
     q, k = _half(1, 1, 8, 128), _half(1, 1, 8, 128)

@@ -106,3 +106,24 @@ class SwiGLULinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features} (gate, up), {self.packed.qtype}"
+
+
+def int8_bits(projections: Sequence[nn.Module | None]) -> int:
+    """Bits of the int8 activation blocks that every packed weight of `projections` (which
+    read one input) multiplies in decode, or 0 when some weight takes float activations
+    (dense or CPU-layout weights, types without the int8 matvec) or they differ: what
+    that input's RMSNorm writes beside its output (corral.kernels.triton.int8_act)."""
+    from corral.kernels.triton.decode import KERNEL_TYPES
+    from corral.kernels.triton.matvec_int8 import int8_enabled
+
+    found = set()
+    for projection in (p for p in projections if p is not None):
+        for module in projection.modules():
+            packed = getattr(module, "packed", None)
+            if isinstance(module, nn.Linear):
+                found.add(0)  # a dense weight: torch's matmul on float activations
+            elif isinstance(packed, PackedWeight) and int8_enabled(packed.qtype):
+                found.add(KERNEL_TYPES[packed.qtype].bits)
+            elif packed is not None:
+                found.add(0)
+    return found.pop() if len(found) == 1 else 0

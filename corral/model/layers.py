@@ -23,12 +23,21 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(dim))  # (E,)
         self.fused = False  # one Triton kernel instead of torch ops (Transformer.use_fused_kernels)
+        # with `fused`: bits of the int8 blocks the next products take in decode (0: none),
+        # written by the norm kernel beside its output (corral.kernels.triton.int8_act)
+        self.int8_bits = 0
+
+    def _decode_int8_bits(self, x: torch.Tensor) -> int:
+        """int8_bits for x (..., E) of at most MATVEC_MAX_M rows (decode), else 0."""
+        from corral.kernels.triton.linear import MATVEC_MAX_M
+
+        return self.int8_bits if x.numel() <= MATVEC_MAX_M * x.shape[-1] else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
             from corral.kernels.triton.norm import rms_norm
 
-            return rms_norm(x, self.weight, self.eps)
+            return rms_norm(x, self.weight, self.eps, int8_bits=self._decode_int8_bits(x))
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed * self.weight.float()).to(x.dtype)
@@ -40,7 +49,8 @@ class RMSNorm(nn.Module):
         if self.fused:
             from corral.kernels.triton.norm import add_rms_norm
 
-            return add_rms_norm(x, residual, self.weight, self.eps)
+            bits = self._decode_int8_bits(x)
+            return add_rms_norm(x, residual, self.weight, self.eps, int8_bits=bits)
         total = x + residual
         return total, self(total)
 

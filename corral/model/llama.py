@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from corral.config import ModelConfig
+from corral.model.fusion import int8_bits
 from corral.model.graphs import DecodeGraphs
 from corral.model.kv_cache import KVCache, check_cache_type
 from corral.model.layers import (
@@ -114,7 +115,13 @@ class Transformer(nn.Module):
             on = enabled and layer.device.type in devices
             layer.attn_norm.fused = layer.ffn_norm.fused = layer.ffn.fused = on
             layer.attn.fused = on and layer.attn.head_dim % 16 == 0  # the kernels' tiles
+            attn, ffn = layer.attn, layer.ffn
+            projections = attn.qkv or [attn.wq, attn.wk, attn.wv]
+            layer.attn_norm.int8_bits = int8_bits(projections) if on else 0
+            gate_up = [ffn.swiglu] if ffn.swiglu else ffn.gate_up or [ffn.w_gate, ffn.w_up]
+            layer.ffn_norm.int8_bits = int8_bits(gate_up) if on else 0
         self.norm.fused = enabled and self.norm.weight.device.type in devices
+        self.norm.int8_bits = int8_bits([self.output]) if self.norm.fused else 0
 
     def fuse_projections(self) -> None:
         """Fuse every layer's Q/K/V and gate/up projections (corral.model.fusion); call

@@ -12,7 +12,8 @@ import torch
 from kernel_cases import assert_close_to, decode_input, gguf_bytes, oracle_weight
 from test_gptq_kernels import own_layer
 
-from corral.model.fusion import fuse_runs
+from corral.kernels.packing import pack
+from corral.model.fusion import fuse_runs, int8_bits
 from corral.quant.gptq import dequantize_gptq
 from corral.quant.linear import PackedLinear
 
@@ -77,3 +78,21 @@ def test_dense_weights_fuse_into_one_linear():
     x = torch.randn(5, K)
     for out, linear in zip(outputs(runs, x), linears, strict=True):
         torch.testing.assert_close(out, linear(x), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_bits_of_projections_that_share_an_input(device: str, monkeypatch):
+    """The int8 blocks an input's RMSNorm writes: the bits every packed weight reading it
+    takes; 0 when one of them multiplies float activations (a dense weight, Q8_0 by
+    default, numba's CPU layout)."""
+
+    def triton_linear(qtype: str) -> PackedLinear:  # Triton's layout, on any device
+        return PackedLinear(pack(torch.from_numpy(gguf_bytes(qtype, 32, K, 1)), qtype, K))
+
+    q4k, q6k, q8 = (triton_linear(t) for t in ("Q4_K", "Q6_K", "Q8_0"))
+    assert int8_bits(fuse_runs([q4k, q4k, q6k])) == 4  # Q4_K_M's Q, K (fused) and V
+    assert int8_bits([q4k, None, q8]) == 0
+    assert int8_bits([q4k, torch.nn.Linear(K, 32, bias=False)]) == 0
+    cpu_layout = gguf_linear("Q4_K", 32, 1, "cpu")[0]
+    assert int8_bits([cpu_layout]) == 0
+    monkeypatch.setenv("CORRAL_INT8_ACT", "0")
+    assert int8_bits([q4k]) == 0

@@ -5,7 +5,8 @@ every code within 127, every value within d / 2 of d * code, s = d * sum of the 
 
 Shapes: a block count that is not a multiple of a program's blocks, several rows, a
 block of zeros, float16 / bfloat16 / float32 inputs, the block sizes of 2-, 4- and 8-bit
-weights (64, 32, 16 weights).
+weights (64, 32, 16 weights). RMSNorm writes the same blocks of its output in its own
+kernel, and `int8_activations` reuses attached blocks until the tensor changes.
 """
 
 import pytest
@@ -17,7 +18,13 @@ from corral.kernels.act_quant import (
     group_weights,
     quantize_activations_reference,
 )
-from corral.kernels.triton.int8_act import BLOCKS_PER_PROGRAM, quantize_activations
+from corral.kernels.triton import int8_act
+from corral.kernels.triton.int8_act import (
+    BLOCKS_PER_PROGRAM,
+    int8_activations,
+    quantize_activations,
+)
+from corral.kernels.triton.norm import add_rms_norm, rms_norm
 
 
 def activations(m: int, k: int, dtype: torch.dtype, device: str) -> torch.Tensor:
@@ -79,3 +86,56 @@ def test_bad_shapes_are_refused(device: str):
         quantize_activations(torch.zeros(1, 64, device=device), 6)
     with pytest.raises(ValueError, match="contiguous"):
         quantize_activations(torch.zeros(64, 2, device=device).T, 4)
+
+
+@pytest.mark.parametrize(("bits", "width"), [(4, 576), (8, 256), (2, 128)])
+def test_norms_write_the_int8_blocks_of_their_output(bits: int, width: int, device: str):
+    """RMSNorm (and the residual add before it) with int8_bits attaches the blocks of its
+    stored output, bit-exact with quantizing that output; 576 columns fill 18 of a
+    1024-wide block, the rest masked."""
+    x = activations(3, width, torch.float16, device)
+    weight = torch.rand(width, generator=torch.Generator().manual_seed(1)).to(device) + 0.5
+    plain = rms_norm(x, weight, 1e-5, int8_bits=bits)
+    _, after_add = add_rms_norm(x, x.flip(0), weight, 1e-5, int8_bits=bits)
+    for y in (plain, after_add):
+        blocks = int8_activations(y, bits)  # attached by the norm: no quantizing launch
+        want = quantize_activations_reference(y.cpu(), bits)
+        assert torch.equal(blocks.codes.cpu(), want.codes)
+        assert torch.equal(blocks.d.cpu(), want.d) and torch.equal(blocks.s.cpu(), want.s)
+
+
+def test_int8_blocks_are_reused_while_the_tensor_is_unchanged(device: str, monkeypatch):
+    calls = []
+    original = int8_act.quantize_activations
+    monkeypatch.setattr(
+        int8_act, "quantize_activations", lambda x, bits: calls.append(bits) or original(x, bits)
+    )
+    x = activations(2, 128, torch.float16, device)
+    first = int8_activations(x, 4)
+    assert int8_activations(x, 4) is first and calls == [4]  # Q/K, then V: one launch
+    assert int8_activations(x, 8).bits == 8 and calls == [4, 8]  # other weights' blocks
+    x.mul_(2)  # in place: the attached blocks are stale
+    again = int8_activations(x, 8)
+    assert calls == [4, 8, 8]
+    assert torch.equal(again.d.cpu(), quantize_activations_reference(x.cpu(), 8).d)
+    weight = torch.ones(128, device=device)
+    looped = rms_norm(x, weight, 1e-5, block=64, int8_bits=4)  # two-pass rows: no blocks
+    int8_activations(looped, 4)
+    assert calls == [4, 8, 8, 4]
+
+
+def test_inference_tensors_reuse_only_their_producers_blocks(device: str, monkeypatch):
+    """Under torch.inference_mode (how corral runs models) tensors track no versions: the
+    blocks a norm attached are used, blocks quantized for a product are not kept."""
+    calls = []
+    original = int8_act.quantize_activations
+    monkeypatch.setattr(
+        int8_act, "quantize_activations", lambda x, bits: calls.append(bits) or original(x, bits)
+    )
+    with torch.inference_mode():
+        x = activations(1, 128, torch.float16, device)
+        normed = rms_norm(x, torch.ones(128, device=device), 1e-5, int8_bits=4)
+        assert int8_activations(normed, 4) is int8_activations(normed, 4) and calls == []
+        int8_activations(x, 4)
+        int8_activations(x, 4)
+        assert calls == [4, 4]

@@ -1,11 +1,12 @@
 """The GPU path's wiring, run on the CPU: llama.cpp-quantized tiny models whose matrices
 are packed in the Triton kernels' layout (not the CPU kernels'), every linear through
 `quantized_linear` (SwiGLU's gate and up through `swiglu_linear`, its product in the
-matvec's epilogue) and the other fused kernels (norms, RoPE with the KV-cache store,
-decode and prefill attention) in Triton's interpreter, against llama.cpp's logits.
+matvec's epilogue; 4-bit types on the int8 activations that the norms write) and the
+other fused kernels (norms, RoPE with the KV-cache store, decode and prefill attention)
+in Triton's interpreter, against llama.cpp's logits.
 
 A prompt chunk takes the dense path (dequantize + matmul), the tokens after it one at a
-time the matvec (Q4_K and Q8_0 weights the int8 one, Q6_K the float one), here with
+time the matvec (the int8 one for Q4_K_M's Q4_K and Q6_K, the float one for Q8_0), with
 tiles of 64 rows: the interpreter runs one program at a time, ~40 ms each whatever its
 size (the kernel tests cover the default tiles).
 tests/model/test_gpu_path.py runs these models on a GPU, with CUDA graphs; this test runs
@@ -62,6 +63,11 @@ def test_tiny_model_through_the_gpu_kernels_matches_llama_cpp(kind: str, triton_
     model.use_fused_kernels(devices=("cpu",))
     assert all(isinstance(layer.ffn.swiglu, SwiGLULinear) for layer in model.layers)
     assert all(layer.attn.fused for layer in model.layers)
+    # Q4_K_M's Q4_K and Q6_K projections read int8 blocks that the norms write; Q8_0
+    # keeps float activations (matvec_int8.int8_enabled)
+    bits = 4 if kind == "Q4_K_M" else 0
+    norms = [norm for layer in model.layers for norm in (layer.attn_norm, layer.ffn_norm)]
+    assert {norm.int8_bits for norm in norms} == {bits}
     ids = torch.tensor(gold["input_ids"][None], dtype=torch.long)  # (1, 64)
     rows = [model(ids[:, :PROMPT], 0)[0]]  # (PROMPT, V)
     for position in range(PROMPT, ids.shape[1]):

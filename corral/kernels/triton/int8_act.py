@@ -18,6 +18,38 @@ BLOCKS_PER_PROGRAM = 32  # groups quantized by one program
 
 
 @triton.jit
+def quantize_blocks(x):
+    """x (NB, P, 4, 4) float32, the value for byte b of code word (t, w) of block i at
+    [i, t, w, b] -> (code words (NB, P, 4) int32, d (NB,), s (NB,)) float32."""
+    amax = tl.max(tl.max(tl.max(tl.abs(x), axis=3), axis=2), axis=1)  # (NB,)
+    d = tl.math.div_rn(amax, 127.0)
+    safe = tl.where(d > 0, d, 1.0)
+    inv = tl.where(d > 0, tl.math.div_rn(tl.full(d.shape, 1.0, tl.float32), safe), 0.0)
+    v = x * inv[:, None, None, None]
+    q = (tl.abs(v) + 0.5).to(tl.int32)  # round half away from zero: a floor of a positive
+    q = tl.where(v < 0, -q, q)  # (NB, P, 4, 4)
+    total = tl.sum(tl.sum(tl.sum(q, axis=3), axis=2), axis=1)  # (NB,)
+    shifts = 8 * tl.arange(0, 4)[None, None, None, :]  # byte b at bit 8 b
+    words = tl.sum((q & 0xFF) << shifts, axis=3)  # (NB, P, 4); bytes never overlap
+    return words, d, d * total.to(tl.float32)
+
+
+@triton.jit
+def store_blocks(CODES, D, S, words, d, s, blocks, inside):
+    """Store `quantize_blocks`' results for block indices `blocks` (NB,) of one row (row
+    pointers CODES, D, S) where `inside`."""
+    P: tl.constexpr = words.shape[1]
+    word_offs = (
+        blocks[:, None, None] * (4 * P)
+        + 4 * tl.arange(0, P)[None, :, None]
+        + tl.arange(0, 4)[None, None, :]
+    )  # (NB, P, 4): code word (t, w) of each block
+    tl.store(CODES + word_offs, words, mask=inside[:, None, None])
+    tl.store(D + blocks, d, mask=inside)
+    tl.store(S + blocks, s, mask=inside)
+
+
+@triton.jit
 def _quantize_kernel(
     X, CODES, D, S, n_blocks, stride_x, stride_c, stride_d,
     P: tl.constexpr, BLOCKS: tl.constexpr, PDL: tl.constexpr,
@@ -35,41 +67,67 @@ def _quantize_kernel(
     # byte b of code word (t, w): weight 4 (P b + t) + w of its block
     cols = blocks[:, None, None, None] * GROUP + 4 * (P * bs + ts) + ws  # (BLOCKS, P, 4, 4)
     x = tl.load(X + m * stride_x + cols, mask=inside[:, None, None, None], other=0.0)
-    x = x.to(tl.float32)
-    amax = tl.max(tl.max(tl.max(tl.abs(x), axis=3), axis=2), axis=1)  # (BLOCKS,)
-    d = tl.math.div_rn(amax, 127.0)
-    safe = tl.where(d > 0, d, 1.0)
-    inv = tl.where(d > 0, tl.math.div_rn(tl.full(d.shape, 1.0, tl.float32), safe), 0.0)
-    v = x * inv[:, None, None, None]
-    q = (tl.abs(v) + 0.5).to(tl.int32)  # round half away from zero: a floor of a positive
-    q = tl.where(v < 0, -q, q)  # (BLOCKS, P, 4, 4)
-    total = tl.sum(tl.sum(tl.sum(q, axis=3), axis=2), axis=1)  # (BLOCKS,)
-    words = tl.sum((q & 0xFF) << (8 * bs), axis=3)  # (BLOCKS, P, 4); bytes never overlap
-    word_offs = (
-        blocks[:, None, None] * (4 * P)
-        + 4 * tl.arange(0, P)[None, :, None]
-        + tl.arange(0, 4)[None, None, :]
-    )  # (BLOCKS, P, 4): code word (t, w) of each block
-    tl.store(CODES + m * stride_c + word_offs, words, mask=inside[:, None, None])
-    tl.store(D + m * stride_d + blocks, d, mask=inside)
-    tl.store(S + m * stride_d + blocks, d * total.to(tl.float32), mask=inside)
+    words, d, s = quantize_blocks(x.to(tl.float32))
+    store_blocks(
+        CODES + m * stride_c, D + m * stride_d, S + m * stride_d, words, d, s, blocks, inside
+    )
+
+
+def empty_activations(m: int, k: int, bits: int, device: torch.device) -> Int8Activations:
+    """Uninitialized int8 blocks of (m, k) activations for `bits`-bit weights, for a kernel
+    to fill. ValueError when k is not a whole number of blocks."""
+    group = group_weights(bits)
+    if k % group:
+        raise ValueError(f"activations of {k} columns are not whole blocks of {group}")
+    codes = torch.empty(m, k // 4, dtype=torch.int32, device=device)
+    d = torch.empty(m, k // group, dtype=torch.float32, device=device)
+    return Int8Activations(bits, codes, d, torch.empty_like(d))
 
 
 def quantize_activations(x: torch.Tensor, bits: int) -> Int8Activations:
     """x (M, K) float, K a multiple of the group -> its int8 blocks for `bits`-bit weights."""
-    group = group_weights(bits)
     m, k = x.shape
-    if k % group:
-        raise ValueError(f"activations of {k} columns are not whole blocks of {group}")
+    out = empty_activations(m, k, bits, x.device)
     if x.stride(1) != 1:
         raise ValueError("activations must be contiguous along K")
-    n_blocks = k // group
-    codes = torch.empty(m, k // 4, dtype=torch.int32, device=x.device)
-    d = torch.empty(m, n_blocks, dtype=torch.float32, device=x.device)
-    s = torch.empty_like(d)
+    n_blocks = out.d.shape[1]
     grid = (m, triton.cdiv(n_blocks, BLOCKS_PER_PROGRAM))
     _quantize_kernel[grid](
-        x, codes, d, s, n_blocks, x.stride(0), codes.stride(0), d.stride(0),
+        x, out.codes, out.d, out.s, n_blocks, x.stride(0), out.codes.stride(0), out.d.stride(0),
         P=8 // bits, BLOCKS=BLOCKS_PER_PROGRAM, num_warps=4, **launch_options(x.device, m),
     )  # fmt: skip
-    return Int8Activations(bits, codes, d, s)
+    return out
+
+
+_TAG = "_corral_int8"  # attribute of an activation tensor: (its version, Int8Activations)
+
+
+def _version(x: torch.Tensor) -> int | None:
+    """x's version counter (bumped by in-place writes), None for inference tensors."""
+    return None if x.is_inference() else x._version
+
+
+def attach_int8(x: torch.Tensor, blocks: Int8Activations) -> None:
+    """Record on x (..., K) the int8 blocks of its values, as the kernel that wrote x
+    made them; valid while x is not written in place."""
+    setattr(x, _TAG, (_version(x), blocks))
+
+
+def int8_activations(x: torch.Tensor, bits: int) -> Int8Activations:
+    """x (..., K)'s int8 blocks for `bits`-bit weights: those attached to x (by the kernel
+    that wrote x, e.g. RMSNorm, or by an earlier product of the same x, e.g. Q/K and then
+    V) while x is unchanged; else quantized now (and attached where that can be checked).
+
+    x's version counter tells whether it changed: attached blocks keep x alive, so no
+    other tensor can take its memory, and in-place writes to x or its views bump the
+    counter. Inference tensors (torch.inference_mode) have no counter: for them only the
+    blocks their producing kernel attached are used, the model never writing its norms'
+    outputs in place; blocks quantized here are not attached. CUDA graphs record the
+    reuse as the launches they capture."""
+    tagged = getattr(x, _TAG, None)
+    if tagged is not None and tagged[0] == _version(x) and tagged[1].bits == bits:
+        return tagged[1]
+    blocks = quantize_activations(x.reshape(-1, x.shape[-1]), bits)  # (M, K) rows
+    if not x.is_inference():
+        attach_int8(x, blocks)
+    return blocks

@@ -37,7 +37,7 @@ from corral.kernels.reference import linear_reference, swiglu_reference
 from corral.kernels.triton.decode import KERNEL_TYPES
 from corral.kernels.triton.dequant import dequantize
 from corral.kernels.triton.elementwise import silu_mul_pairs
-from corral.kernels.triton.int8_act import quantize_activations
+from corral.kernels.triton.int8_act import int8_activations
 from corral.kernels.triton.matvec import matvec
 from corral.kernels.triton.matvec_int8 import int8_enabled, matvec_int8
 
@@ -81,17 +81,21 @@ def quantized_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
     on_triton = x.device.type == "cuda" or _interpreted()
     if m == 0 or not on_triton:
         return linear_reference(x, pw)
-    x2 = _columns_in_weight_order(x2, pw)  # (M, K)
-    y = _decode_matvec(x2, pw) if m <= MATVEC_MAX_M else dense_linear(x2, pw)
+    if m <= MATVEC_MAX_M:
+        y = _decode_matvec(x, pw)
+    else:
+        y = dense_linear(_columns_in_weight_order(x2, pw), pw)  # (M, N)
     return y.reshape(*x.shape[:-1], n)  # (..., N)
 
 
-def _decode_matvec(x2: torch.Tensor, pw: PackedWeight, swiglu: bool = False) -> torch.Tensor:
-    """x2 (M, K) contiguous, M <= MATVEC_MAX_M, times the weight: the int8 matvec where
-    `int8_enabled`, else the float one; (M, N), or (M, N / 2) with swiglu."""
+def _decode_matvec(x: torch.Tensor, pw: PackedWeight, swiglu: bool = False) -> torch.Tensor:
+    """x (..., K) of at most MATVEC_MAX_M rows times the weight: the int8 matvec where
+    `int8_enabled` (x's int8 blocks made once per x: `int8_activations`), else the float
+    one; (M, N), or (M, N / 2) with swiglu."""
     if int8_enabled(pw.qtype):
-        xq = quantize_activations(x2, KERNEL_TYPES[pw.qtype].bits)
-        return matvec_int8(xq, pw, x2.dtype, swiglu=swiglu)
+        xq = int8_activations(x, KERNEL_TYPES[pw.qtype].bits)
+        return matvec_int8(xq, pw, x.dtype, swiglu=swiglu)
+    x2 = _columns_in_weight_order(x.reshape(-1, pw.shape[1]), pw)  # (M, K)
     return matvec(x2, pw, swiglu=swiglu)
 
 
@@ -107,7 +111,7 @@ def swiglu_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
     m = x2.shape[0]
     on_triton = x.device.type == "cuda" or _interpreted()
     if 0 < m <= MATVEC_MAX_M and on_triton and pw.qtype not in DENSE:
-        y = _decode_matvec(_columns_in_weight_order(x2, pw), pw, swiglu=True)  # (M, N / 2)
+        y = _decode_matvec(x, pw, swiglu=True)  # (M, N / 2)
     else:
         pairs = quantized_linear(x2, pw)  # (M, N): gate and up of each unit side by side
         y = silu_mul_pairs(pairs) if on_triton else swiglu_reference(pairs)  # (M, N / 2)

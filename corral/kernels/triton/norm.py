@@ -27,6 +27,13 @@ import torch
 import triton
 import triton.language as tl
 
+from corral.kernels.act_quant import group_weights
+from corral.kernels.triton.int8_act import (
+    attach_int8,
+    empty_activations,
+    quantize_blocks,
+    store_blocks,
+)
 from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
 
 MAX_BLOCK = 16384  # widest row loaded in one block
@@ -49,11 +56,13 @@ def _load_row(X, R, S, cols, mask, HAS_RESIDUAL: tl.constexpr):
 
 @triton.jit
 def _rms_norm_kernel(
-    X, R, W, S, Y, E, stride_x, stride_r, eps,
+    X, R, W, S, Y, CODES, QD, QS, E, stride_x, stride_r, stride_c, stride_q, eps,
     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr,
-    PDL: tl.constexpr,
+    Q_P: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    """Y[row] = rms_norm(X[row] (+ R[row], stored to S[row])); S and Y are contiguous."""
+    """Y[row] = rms_norm(X[row] (+ R[row], stored to S[row])); S and Y are contiguous.
+    Q_P > 0 (ONE_BLOCK only): also Y[row]'s int8 blocks for weights of 8 / Q_P bits, as
+    stored (rounded to Y's dtype), into rows of CODES, QD, QS (`int8_act`)."""
     release_dependents(PDL)
     wait_for_inputs(PDL)
     row = tl.program_id(0).to(tl.int64)
@@ -67,7 +76,18 @@ def _rms_norm_kernel(
         x = _load_row(x_row, r_row, s_row, offs, mask, HAS_RESIDUAL)
         inv = tl.rsqrt(tl.sum(x * x, axis=0) / E + eps)
         w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(y_row + offs, (x * inv * w).to(Y.dtype.element_ty), mask=mask)
+        y = (x * inv * w).to(Y.dtype.element_ty)
+        tl.store(y_row + offs, y, mask=mask)
+        if Q_P > 0:
+            NB: tl.constexpr = BLOCK // (16 * Q_P)  # int8 blocks of 16 P values
+            # weight 4 (P b + t) + w of a block is byte b of code word (t, w)
+            yb = tl.permute(tl.reshape(y.to(tl.float32), [NB, 4, Q_P, 4]), (0, 2, 3, 1))
+            words, d, q_s = quantize_blocks(yb)  # (NB, P, 4), (NB,), (NB,)
+            blocks = tl.arange(0, NB)
+            store_blocks(
+                CODES + row * stride_c, QD + row * stride_q, QS + row * stride_q,
+                words, d, q_s, blocks, blocks < E // (16 * Q_P),
+            )  # fmt: skip
     else:
         squares = tl.zeros([BLOCK], dtype=tl.float32)
         for start in range(0, E, BLOCK):
@@ -133,8 +153,10 @@ def _launch(
     weight: torch.Tensor,
     eps: float,
     block: int | None,
+    int8_bits: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s or x, y): the kernel over every row of x (and residual)."""
+    """(s or x, y): the kernel over every row of x (and residual); with int8_bits, y's int8
+    blocks attached to y when the row fits one block and is whole blocks of int8."""
     width = x.shape[-1]
     rows_x = x.reshape(-1, width)  # (rows, E): a view when the leading dims allow one
     rows_r = rows_x if residual is None else residual.reshape(-1, width)  # (rows, E)
@@ -143,29 +165,44 @@ def _launch(
     if rows_x.shape[0] == 0:
         return total, out
     size, num_warps, one_block = launch_config(width, block)
+    blocks = None
+    if int8_bits and one_block and width % group_weights(int8_bits) == 0:
+        blocks = empty_activations(rows_x.shape[0], width, int8_bits, x.device)
+    codes, scales, sums = (out, out, out) if blocks is None else (blocks.codes, blocks.d, blocks.s)
     _rms_norm_kernel[(rows_x.shape[0],)](
-        rows_x, rows_r, weight.contiguous(), total, out, width,
-        rows_x.stride(0), rows_r.stride(0), float(eps),
+        rows_x, rows_r, weight.contiguous(), total, out, codes, scales, sums, width,
+        rows_x.stride(0), rows_r.stride(0), codes.stride(0), scales.stride(0), float(eps),
         HAS_RESIDUAL=residual is not None, BLOCK=size, ONE_BLOCK=one_block,
-        num_warps=num_warps, **launch_options(x.device, rows_x.shape[0]),
+        Q_P=0 if blocks is None else 8 // int8_bits, num_warps=num_warps,
+        **launch_options(x.device, rows_x.shape[0]),
     )  # fmt: skip
+    if blocks is not None:
+        attach_int8(out, blocks)
     return total, out
 
 
 def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, *, block: int | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    *,
+    block: int | None = None,
+    int8_bits: int = 0,
 ) -> torch.Tensor:
     """x / sqrt(mean(x^2, -1) + eps) * weight, computed in float32, in x's dtype and shape.
 
     x: (..., E) float32/float16/bfloat16 with a contiguous last dim (leading dims are
     flattened: a view when their strides allow, a copy otherwise); weight: (E,) float.
     `block` (a power of two; tests, benchmarks) forces the two-pass loop for E > block.
+    int8_bits (2, 4 or 8; 0: none): also write the result's int8 blocks for products with
+    weights of that many bits and attach them to it (`int8_act.int8_activations` finds
+    them), when a row fits one block (E <= MAX_BLOCK) of whole int8 blocks.
     Raises ValueError for a bad shape, dtype, device or block.
     """
     _check_activation("x", x)
     _check_weight(weight, x)
     _check_block(block)
-    return _launch(x, None, weight, eps, block)[1]
+    return _launch(x, None, weight, eps, block, int8_bits)[1]
 
 
 def add_rms_norm(
@@ -175,8 +212,10 @@ def add_rms_norm(
     eps: float,
     *,
     block: int | None = None,
+    int8_bits: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s, rms_norm(s, weight, eps)) with s = x + residual, both in x's dtype and shape.
+    """(s, rms_norm(s, weight, eps)) with s = x + residual, both in x's dtype and shape
+    (int8_bits: as `rms_norm`'s).
 
     s is rounded to x's dtype exactly as torch's `x + residual` (the sum of two float16 or
     bfloat16 values, computed in float32 and rounded once) and normalized from that
@@ -191,4 +230,4 @@ def add_rms_norm(
         )
     _check_weight(weight, x)
     _check_block(block)
-    return _launch(x, residual, weight, eps, block)
+    return _launch(x, residual, weight, eps, block, int8_bits)
