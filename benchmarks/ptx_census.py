@@ -156,6 +156,7 @@ def layer_kernels() -> None:
             k_scales=kv_scales,
             v_scales=kv_scales,
         )
+    decode_attention(q[:, 0], cache, cache, None, starts, 64, scale=0.1, int8_bits=4)
 
 
 SPLIT_CONFIG = MatvecConfig(groups=32, num_warps=1, splits=2)  # two slices for every type

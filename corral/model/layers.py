@@ -136,6 +136,8 @@ class Attention(nn.Module):
         self.qkv: nn.ModuleList | None = None  # wq, wk, wv fused (corral.model.fusion)
         self.cache: KVCache | None = None
         self.fused = False  # Triton RoPE, cache writes, attention (Transformer.use_fused_kernels)
+        # with `fused`: bits of the int8 blocks that decode attention writes for wo (0: none)
+        self.out_int8_bits = 0
 
     def fuse_projections(self) -> None:
         """Compute Q, K and V with as few matmuls as their storage allows (after loading)."""
@@ -199,6 +201,8 @@ class Attention(nn.Module):
         flash-decoding kernel, which reads the cache in place (Q8_0 codes too) up to each
         sequence's position (`span.starts`): q (B, 1, H, D) -> (B, 1, H*D)."""
         from corral.kernels.triton.attention import decode_attention
+        from corral.kernels.triton.int8_act import share_int8
+        from corral.kernels.triton.linear import MATVEC_MAX_M
 
         batch = q.shape[0]
         keys, values = self.cache.k.parts, self.cache.v.parts
@@ -212,8 +216,11 @@ class Attention(nn.Module):
             scale=self.head_dim**-0.5,
             k_scales=keys[1] if self.cache.k.quantized else None,
             v_scales=values[1] if self.cache.v.quantized else None,
+            int8_bits=self.out_int8_bits if batch <= MATVEC_MAX_M else 0,
         )  # (B, H, D)
-        return out.view(batch, 1, self.n_head * self.head_dim)  # (B, 1, H*D)
+        flat = out.view(batch, 1, self.n_head * self.head_dim)  # (B, 1, H*D)
+        share_int8(out, flat)
+        return flat
 
     def prefill(
         self, q: torch.Tensor, rows: torch.Tensor | None, starts: torch.Tensor

@@ -118,6 +118,7 @@ class Transformer(nn.Module):
             attn, ffn = layer.attn, layer.ffn
             projections = attn.qkv or [attn.wq, attn.wk, attn.wv]
             layer.attn_norm.int8_bits = int8_bits(projections) if on else 0
+            attn.out_int8_bits = int8_bits([attn.wo]) if attn.fused else 0
             gate_up = [ffn.swiglu] if ffn.swiglu else ffn.gate_up or [ffn.w_gate, ffn.w_up]
             layer.ffn_norm.int8_bits = int8_bits(gate_up) if on else 0
         self.norm.fused = enabled and self.norm.weight.device.type in devices

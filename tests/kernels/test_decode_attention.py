@@ -20,9 +20,11 @@ from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 from kernel_cases import assert_close_to
 
+from corral.kernels.act_quant import quantize_activations_reference
 from corral.kernels.attention_reference import decode_attention_reference
 from corral.kernels.kv_q8 import dequantize_q8_0, quantize_q8_0
 from corral.kernels.triton.attention import BLOCK_N, MIN_SPLIT, decode_attention, split_size
+from corral.kernels.triton.int8_act import int8_activations
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 Q8 = torch.int8
@@ -268,3 +270,19 @@ def test_split_policy() -> None:
     assert split_size(batch=64, kv_heads=8, end=4096, sm_count=132) == 2048  # 1024
     assert split_size(batch=1, kv_heads=2, end=32768, sm_count=132) == 128  # 512
     assert split_size(batch=1, kv_heads=8, end=100, sm_count=132) == MIN_SPLIT
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int8_blocks_of_the_output(bits: int, device: str) -> None:
+    """With int8_bits, phase 2 also writes the int8 blocks of each output row (B, H * D),
+    bit-exact with quantizing the stored output (the torch twin of `int8_act`), and
+    attaches them to the output; the output itself is unchanged."""
+    p, end = CASES["gqa4-f16-permuted-rows"]
+    plain = p.run(decode_attention, device, end)
+    out = p.run(decode_attention, device, end, int8_bits=bits)
+    assert torch.equal(out, plain)
+    rows = out.reshape(out.shape[0], -1)  # (B, H * D)
+    blocks = int8_activations(out, bits)  # attached: no quantizing launch would be needed
+    want = quantize_activations_reference(rows.cpu(), bits)
+    assert torch.equal(blocks.codes.cpu(), want.codes) and torch.equal(blocks.d.cpu(), want.d)
+    assert torch.equal(blocks.s.cpu(), want.s)

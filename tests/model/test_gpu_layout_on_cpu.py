@@ -68,6 +68,7 @@ def test_tiny_model_through_the_gpu_kernels_matches_llama_cpp(kind: str, triton_
     bits = 4 if kind == "Q4_K_M" else 0
     norms = [norm for layer in model.layers for norm in (layer.attn_norm, layer.ffn_norm)]
     assert {norm.int8_bits for norm in norms} == {bits}
+    assert {layer.attn.out_int8_bits for layer in model.layers} == {bits}  # wo's input
     ids = torch.tensor(gold["input_ids"][None], dtype=torch.long)  # (1, 64)
     rows = [model(ids[:, :PROMPT], 0)[0]]  # (PROMPT, V)
     for position in range(PROMPT, ids.shape[1]):

@@ -45,7 +45,14 @@ import torch
 import triton
 import triton.language as tl
 
+from corral.kernels.act_quant import group_weights
 from corral.kernels.attention_reference import check_decode_attention_args
+from corral.kernels.triton.int8_act import (
+    attach_int8,
+    empty_activations,
+    quantize_blocks,
+    store_blocks,
+)
 from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
 
 BLOCK_N = 32  # cache positions per tile
@@ -180,11 +187,14 @@ def _split_kernel(
 
 @triton.jit
 def _combine_kernel(
-    MAXES, SUMS, PARTIAL, POSITIONS, OUT,
-    end, split, n_splits, head_dim, stride_ob, stride_oh,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    MAXES, SUMS, PARTIAL, POSITIONS, OUT, CODES, QD, QS,
+    end, split, n_splits, head_dim, stride_ob, stride_oh, stride_c, stride_q,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, Q_P: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    """Phase 2: out[b, h] from the partials of the chunks that hold positions of b."""
+    """Phase 2: out[b, h] from the partials of the chunks that hold positions of b.
+    Q_P > 0 (BLOCK_D == head_dim): also the int8 blocks of out[b, h] as stored, for
+    weights of 8 / Q_P bits, as blocks h * BLOCK_D / (16 Q_P).. of row b of CODES, QD, QS
+    (`int8_act`; a head is whole blocks)."""
     release_dependents(PDL)
     wait_for_inputs(PDL)
     b = tl.program_id(0)
@@ -213,9 +223,19 @@ def _combine_kernel(
         part_offs = (base + s0 + offs_s)[:, None] * head_dim + offs_d[None, :]  # (S, D)
         part_mask = mask_s[:, None] & mask_d[None, :]
         acc += tl.sum(w[:, None] * tl.load(PARTIAL + part_offs, mask=part_mask, other=0.0), 0)
-    out = acc / tl.sum(sums, 0)
+    out = (acc / tl.sum(sums, 0)).to(OUT.dtype.element_ty)
     out_offs = b * stride_ob + h * stride_oh + offs_d
-    tl.store(OUT + out_offs, out.to(OUT.dtype.element_ty), mask=mask_d)
+    tl.store(OUT + out_offs, out, mask=mask_d)
+    if Q_P > 0:
+        NB: tl.constexpr = BLOCK_D // (16 * Q_P)  # int8 blocks per head
+        # weight 4 (P b + t) + w of a block is byte b of code word (t, w)
+        heads = tl.permute(tl.reshape(out.to(tl.float32), [NB, 4, Q_P, 4]), (0, 2, 3, 1))
+        words, d, q_s = quantize_blocks(heads)  # (NB, P, 4), (NB,), (NB,)
+        blocks = h * NB + tl.arange(0, NB)
+        store_blocks(
+            CODES + b * stride_c, QD + b * stride_q, QS + b * stride_q,
+            words, d, q_s, blocks, blocks >= 0,
+        )  # fmt: skip
 
 
 @functools.cache
@@ -251,6 +271,7 @@ def decode_attention(
     k_scales: torch.Tensor | None = None,
     v_scales: torch.Tensor | None = None,
     split: int | None = None,
+    int8_bits: int = 0,
 ) -> torch.Tensor:
     """Attention of each sequence's new token over its cache entries 0..positions[b].
 
@@ -259,7 +280,10 @@ def decode_attention(
     of each sequence (None: 0..B-1); positions (B,), each < `end` <= S, read on the GPU.
     `split`: cache positions per phase-1 program, a multiple of BLOCK_N (None: chosen by
     `split_size`). Returns (B, H, D) in q's dtype; `corral.kernels.attention_reference`
-    is the torch twin. Safe to capture in a CUDA graph: no host sync.
+    is the torch twin. Safe to capture in a CUDA graph: no host sync. int8_bits (2, 4,
+    8; 0: none): phase 2 also writes the int8 blocks of the output rows (B, H * D) for
+    products with weights of that many bits and attaches them to the output
+    (`int8_act.int8_activations`), when D is a power of two of whole blocks.
     """
     check_decode_attention_args(q, k, v, rows, positions, end, k_scales, v_scales)
     named = {"q": q, "k": k, "v": v, "k_scales": k_scales, "v_scales": v_scales}
@@ -296,10 +320,17 @@ def decode_attention(
         BLOCK_H=max(MIN_HEAD_ROWS, triton.next_power_of_2(group)), BLOCK_N=BLOCK_N,
         BLOCK_D=block_d, num_warps=4, num_stages=2, **pdl,
     )  # fmt: skip
+    blocks = None
+    if int8_bits and block_d == head_dim and head_dim % group_weights(int8_bits) == 0:
+        blocks = empty_activations(batch, heads * head_dim, int8_bits, q.device)
+    codes, scales, code_sums = (out,) * 3 if blocks is None else (blocks.codes, blocks.d, blocks.s)
     _combine_kernel[(batch, heads)](
-        maxes, sums, partial, positions, out,
+        maxes, sums, partial, positions, out, codes, scales, code_sums,
         end, split, n_splits, head_dim, out.stride(0), out.stride(1),
+        codes.stride(0), scales.stride(0),
         BLOCK_S=min(COMBINE_SPLITS, triton.next_power_of_2(n_splits)), BLOCK_D=block_d,
-        num_warps=4, **pdl,
+        Q_P=0 if blocks is None else 8 // int8_bits, num_warps=4, **pdl,
     )  # fmt: skip
+    if blocks is not None:
+        attach_int8(out, blocks)
     return out

@@ -113,6 +113,13 @@ def attach_int8(x: torch.Tensor, blocks: Int8Activations) -> None:
     setattr(x, _TAG, (_version(x), blocks))
 
 
+def share_int8(x: torch.Tensor, view: torch.Tensor) -> None:
+    """Give `view`, a view of x with rows of the same values, x's attached int8 blocks."""
+    tagged = getattr(x, _TAG, None)
+    if tagged is not None:
+        setattr(view, _TAG, tagged)
+
+
 def int8_activations(x: torch.Tensor, bits: int) -> Int8Activations:
     """x (..., K)'s int8 blocks for `bits`-bit weights: those attached to x (by the kernel
     that wrote x, e.g. RMSNorm, or by an earlier product of the same x, e.g. Q/K and then
