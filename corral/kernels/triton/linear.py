@@ -3,7 +3,7 @@
 | activation rows M           | dtype          | path                                    |
 |-----------------------------|----------------|-----------------------------------------|
 | any (F16/BF16/F32 weight)   | any            | torch.nn.functional.linear (cuBLAS)     |
-| M <= MATVEC_MAX_M, Q4_0/Q4_1/Q4_K | any | x to int8, int8 matvec (`matvec_int8`) |
+| M <= MATVEC_MAX_M, 4-bit    | f16, bf16, f32 | int8 blocks of x, int8 matvec (dp4a)    |
 | M <= MATVEC_MAX_M, others   | f16, bf16, f32 | fused matvec (bandwidth-bound)          |
 | M >  MATVEC_MAX_M           | f16, bf16, f32 | dequantize in one pass, then cuBLAS     |
 
@@ -18,10 +18,12 @@ in M up to a few hundred rows. Measured on an H100 for a 14336 x 4096 Q4_K weigh
 the kernels run only under Triton's interpreter (TRITON_INTERPRET=1, for tests);
 otherwise CPU calls take the reference path.
 
-For the types that `matvec_int8.int8_enabled` names, decode quantizes x to int8 blocks
-(one small kernel, `int8_act.quantize_activations`) and multiplies with dp4a: 2.6-3.1
-TB/s on an H100 where the float matvec reads 1.5-2.2 (see matvec_int8.py). Results then
-carry x's int8 rounding, as llama.cpp's; CORRAL_INT8_ACT=0 keeps the float matvec.
+For the types that `matvec_int8.int8_enabled` names (the 4-bit ones: Q4_*, Q5_*, Q4_K,
+Q5_K, Q6_K), decode multiplies x's int8 blocks with dp4a: 2.2-3.3 TB/s on an H100 where
+the float matvec reads 1.4-2.3 (see matvec_int8.py). The blocks come with x when the
+kernel that wrote it made them (RMSNorm, decode attention), else from one quantizing
+launch per x (`int8_act.int8_activations`). Results carry x's int8 rounding, as
+llama.cpp's do; CORRAL_INT8_ACT=0 keeps the float matvec.
 
 GPTQ weights (corral.kernels.gptq) take the same paths; an act-order weight's columns
 were sorted by group at load, so the activations are gathered the same way first

@@ -85,6 +85,21 @@ def load_weight_step(
 
 
 @triton.jit
+def tile_indices(pid_n, M, N, BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr):
+    """Index vectors of program pid_n's tile: its rows (BN,), rows3 (1, BN, 1) int64,
+    activation rows ms (BM,), ms3 (BM, 1, 1), word columns cs3 (1, 1, 4 G), groups gs3
+    (1, 1, G). Rows past N re-read row N - 1 and rows past M row M - 1 (never stored),
+    so loads need no row mask."""
+    rows = pid_n * BN + tl.arange(0, BN)
+    rows3 = tl.minimum(rows, N - 1).to(tl.int64)[None, :, None]
+    ms = tl.arange(0, BM)
+    ms3 = tl.minimum(ms, M - 1)[:, None, None]
+    cs3 = tl.arange(0, 4 * G)[None, None, :]
+    gs3 = tl.arange(0, G)[None, None, :]
+    return rows, rows3, ms, ms3, cs3, gs3
+
+
+@triton.jit
 def _load_masked(ptrs, mask, EVEN: tl.constexpr):
     """tl.load with `mask` (0 elsewhere), or of everything when EVEN."""
     if EVEN:
@@ -181,16 +196,9 @@ def _matvec_kernel(
 ):  # fmt: skip
     release_dependents(PDL)
     J: tl.constexpr = 32 // BITS  # fields per word
-    C: tl.constexpr = 4 * G  # words per row and step
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
-    rows = pid_n * BN + tl.arange(0, BN)
-    # rows past N re-read row N - 1 (never stored), so quant loads need no row mask
-    rows3 = tl.minimum(rows, N - 1).to(tl.int64)[None, :, None]  # (1, BN, 1)
-    ms = tl.arange(0, BM)
-    ms3 = tl.minimum(ms, M - 1)[:, None, None]  # (BM, 1, 1), likewise
-    cs3 = tl.arange(0, C)[None, None, :]  # (1, 1, C)
-    gs3 = tl.arange(0, G)[None, None, :]  # (1, 1, G)
+    rows, rows3, ms, ms3, cs3, gs3 = tile_indices(pid_n, M, N, BM, BN, G)
     x_cols = ms3 * stride_xm + (cs3 // 4) * (4 * J) + cs3 % 4  # (BM, 1, C): field 0, group 0
     g_begin = pid_s * groups_per_split
     g_end = tl.minimum(g_begin + groups_per_split, n_groups)

@@ -20,8 +20,10 @@ fields, four sub-blocks) and GPTQ keep the float matvec.
 
 On an H100 (benchmarks/kernel_bandwidth.py --int8, Llama-2-7B shapes) this reads Q4_K
 weights at 2.9-3.1 TB/s where the float matvec reads 1.5-2.2, and the 4096-row weights
-gain most (4096 x 4096: 1.48 -> 2.64-2.90 TB/s); quantizing x is a separate ~2 us kernel
-(`corral.kernels.triton.int8_act`). Decode uses it for the 4-bit types unless
+gain most (4096 x 4096: 1.48 -> 2.64-2.90 TB/s). The blocks of x come from the kernel
+that wrote x where it can make them (RMSNorm, decode attention's phase 2), else from a
+~2 us quantizing kernel (`corral.kernels.triton.int8_act`). Decode uses it for the
+4-bit types unless
 CORRAL_INT8_ACT=0 (`int8_enabled`; Q8_0 only on request). The results then carry the
 activations' int8 rounding, as llama.cpp's quantized matvecs do: each x moves by up to
 half its block's step (max |x| / 254), about 1% of the largest output on random data
@@ -40,7 +42,7 @@ import triton.language as tl
 from corral.kernels.act_quant import Int8Activations
 from corral.kernels.packing import BLOCKS, PackedWeight
 from corral.kernels.triton.decode import KERNEL_TYPES, kernel_args, sub_block_ab
-from corral.kernels.triton.matvec import load_weight_step, store_rows
+from corral.kernels.triton.matvec import load_weight_step, store_rows, tile_indices
 from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
 
 
@@ -149,15 +151,8 @@ def _matvec_int8_kernel(
 ):  # fmt: skip
     release_dependents(PDL)
     P: tl.constexpr = 8 // BITS
-    C: tl.constexpr = 4 * G  # words per row and step
     pid_n = tl.program_id(0)
-    rows = pid_n * BN + tl.arange(0, BN)
-    # rows past N re-read row N - 1 (never stored), so quant loads need no row mask
-    rows3 = tl.minimum(rows, N - 1).to(tl.int64)[None, :, None]  # (1, BN, 1)
-    ms = tl.arange(0, BM)
-    ms3 = tl.minimum(ms, M - 1)[:, None, None]  # (BM, 1, 1), likewise
-    cs3 = tl.arange(0, C)[None, None, :]  # (1, 1, C)
-    gs3 = tl.arange(0, G)[None, None, :]  # (1, 1, G)
+    rows, rows3, ms, ms3, cs3, gs3 = tile_indices(pid_n, M, N, BM, BN, G)
     code_cols = ms3 * stride_cm + (cs3 // 4) * (4 * P) + cs3 % 4  # (BM, 1, C): t = 0, group 0
     meta_cols = ms3 * stride_dm + gs3 + meta_zero  # (BM, 1, G); see matvec's _load_scales
     acc = tl.zeros([BM, BN, G], dtype=tl.float32)
