@@ -47,12 +47,7 @@ import triton.language as tl
 
 from corral.kernels.act_quant import group_weights
 from corral.kernels.attention_reference import check_decode_attention_args
-from corral.kernels.triton.int8_act import (
-    attach_int8,
-    empty_activations,
-    quantize_blocks,
-    store_blocks,
-)
+from corral.kernels.triton.int8_act import attach_int8, empty_activations, store_values_as_blocks
 from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
 
 BLOCK_N = 32  # cache positions per tile
@@ -228,13 +223,9 @@ def _combine_kernel(
     tl.store(OUT + out_offs, out, mask=mask_d)
     if Q_P > 0:
         NB: tl.constexpr = BLOCK_D // (16 * Q_P)  # int8 blocks per head
-        # weight 4 (P b + t) + w of a block is byte b of code word (t, w)
-        heads = tl.permute(tl.reshape(out.to(tl.float32), [NB, 4, Q_P, 4]), (0, 2, 3, 1))
-        words, d, q_s = quantize_blocks(heads)  # (NB, P, 4), (NB,), (NB,)
-        blocks = h * NB + tl.arange(0, NB)
-        store_blocks(
+        store_values_as_blocks(
             CODES + b * stride_c, QD + b * stride_q, QS + b * stride_q,
-            words, d, q_s, blocks, blocks >= 0,
+            out, h * NB, (h + 1) * NB, Q_P,
         )  # fmt: skip
 
 

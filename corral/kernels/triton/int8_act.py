@@ -50,6 +50,19 @@ def store_blocks(CODES, D, S, words, d, s, blocks, inside):
 
 
 @triton.jit
+def store_values_as_blocks(CODES, D, S, values, first_block, n_blocks, P: tl.constexpr):
+    """Quantize `values` (16 P NB,), the weights of blocks first_block.. of one row in
+    order, and store the blocks below n_blocks (row pointers CODES, D, S): the epilogue
+    of a kernel that writes activations and their int8 blocks (RMSNorm, attention)."""
+    NB: tl.constexpr = values.shape[0] // (16 * P)
+    # weight 4 (P b + t) + w of a block is byte b of code word (t, w)
+    ordered = tl.permute(tl.reshape(values.to(tl.float32), [NB, 4, P, 4]), (0, 2, 3, 1))
+    words, d, s = quantize_blocks(ordered)  # (NB, P, 4), (NB,), (NB,)
+    blocks = first_block + tl.arange(0, NB)
+    store_blocks(CODES, D, S, words, d, s, blocks, blocks < n_blocks)
+
+
+@triton.jit
 def _quantize_kernel(
     X, CODES, D, S, n_blocks, stride_x, stride_c, stride_d,
     P: tl.constexpr, BLOCKS: tl.constexpr, PDL: tl.constexpr,

@@ -152,7 +152,7 @@ def _matvec_int8_kernel(
     release_dependents(PDL)
     P: tl.constexpr = 8 // BITS
     pid_n = tl.program_id(0)
-    rows, rows3, ms, ms3, cs3, gs3 = tile_indices(pid_n, M, N, BM, BN, G)
+    _, rows3, ms, ms3, cs3, gs3 = tile_indices(pid_n, M, N, BM, BN, G)
     code_cols = ms3 * stride_cm + (cs3 // 4) * (4 * P) + cs3 % 4  # (BM, 1, C): t = 0, group 0
     meta_cols = ms3 * stride_dm + gs3 + meta_zero  # (BM, 1, G); see matvec's _load_scales
     acc = tl.zeros([BM, BN, G], dtype=tl.float32)

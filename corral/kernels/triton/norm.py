@@ -28,12 +28,7 @@ import triton
 import triton.language as tl
 
 from corral.kernels.act_quant import group_weights
-from corral.kernels.triton.int8_act import (
-    attach_int8,
-    empty_activations,
-    quantize_blocks,
-    store_blocks,
-)
+from corral.kernels.triton.int8_act import attach_int8, empty_activations, store_values_as_blocks
 from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
 
 MAX_BLOCK = 16384  # widest row loaded in one block
@@ -79,14 +74,9 @@ def _rms_norm_kernel(
         y = (x * inv * w).to(Y.dtype.element_ty)
         tl.store(y_row + offs, y, mask=mask)
         if Q_P > 0:
-            NB: tl.constexpr = BLOCK // (16 * Q_P)  # int8 blocks of 16 P values
-            # weight 4 (P b + t) + w of a block is byte b of code word (t, w)
-            yb = tl.permute(tl.reshape(y.to(tl.float32), [NB, 4, Q_P, 4]), (0, 2, 3, 1))
-            words, d, q_s = quantize_blocks(yb)  # (NB, P, 4), (NB,), (NB,)
-            blocks = tl.arange(0, NB)
-            store_blocks(
+            store_values_as_blocks(
                 CODES + row * stride_c, QD + row * stride_q, QS + row * stride_q,
-                words, d, q_s, blocks, blocks < E // (16 * Q_P),
+                y, 0, E // (16 * Q_P), Q_P,
             )  # fmt: skip
     else:
         squares = tl.zeros([BLOCK], dtype=tl.float32)
