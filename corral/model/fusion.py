@@ -111,7 +111,8 @@ class SwiGLULinear(nn.Module):
 def int8_bits(projections: Sequence[nn.Module | None]) -> int:
     """Bits of the int8 activation blocks that every packed weight of `projections` (which
     read one input) multiplies in decode, or 0 when some weight takes float activations
-    (dense or CPU-layout weights, types without the int8 matvec) or they differ: what
+    (dense or CPU-layout weights, types without the int8 matvec, GPTQ act-order
+    weights, which quantize their own gathered columns) or they differ: what
     that input's RMSNorm writes beside its output (corral.kernels.triton.int8_act)."""
     from corral.kernels.triton.decode import KERNEL_TYPES
     from corral.kernels.triton.matvec_int8 import int8_enabled
@@ -122,7 +123,11 @@ def int8_bits(projections: Sequence[nn.Module | None]) -> int:
             packed = getattr(module, "packed", None)
             if isinstance(module, nn.Linear):
                 found.add(0)  # a dense weight: torch's matmul on float activations
-            elif isinstance(packed, PackedWeight) and int8_enabled(packed.qtype):
+            elif (
+                isinstance(packed, PackedWeight)
+                and int8_enabled(packed.qtype)
+                and "perm" not in packed.tensors  # act-order: blocks of x's gathered columns
+            ):
                 found.add(KERNEL_TYPES[packed.qtype].bits)
             elif packed is not None:
                 found.add(0)

@@ -69,11 +69,16 @@ def decode_input(x: torch.Tensor, weight: object) -> torch.Tensor:
     or, where decode batches (at most MATVEC_MAX_M rows) take the int8 matvec (a
     Triton-layout `PackedWeight` whose type is `int8_enabled`; CPU-layout weights run
     numba's float kernels), x rounded to its int8 blocks by the torch twin of the
-    quantizing kernel (bit-exact with it, see tests/kernels/test_int8_activations.py)."""
+    quantizing kernel (bit-exact with it, see tests/kernels/test_int8_activations.py), of
+    the columns in the weight's order."""
     x32 = x.float().cpu()
     rows = x32.reshape(-1, x32.shape[-1])  # (M, K)
     int8 = isinstance(weight, PackedWeight) and int8_enabled(weight.qtype)
     if rows.shape[0] > MATVEC_MAX_M or not int8:
         return x32
-    blocks = quantize_activations_reference(rows, KERNEL_TYPES[weight.qtype].bits)
-    return dequantize_activations(blocks).reshape(x32.shape)
+    perm = weight.tensors.get("perm")  # GPTQ act-order: the blocks of the gathered columns
+    order = torch.arange(rows.shape[1]) if perm is None else perm.long().cpu()  # (K,)
+    blocks = quantize_activations_reference(rows[:, order], KERNEL_TYPES[weight.qtype].bits)
+    values = torch.empty_like(rows)
+    values[:, order] = dequantize_activations(blocks)  # back to x's column order
+    return values.reshape(x32.shape)

@@ -12,12 +12,14 @@ dequantize-then-cuBLAS paths) against independent dequantizations of the same te
   AutoGPTQ-layout packer, against corral.quant.gptq.dequantize_gptq (itself bit-exact
   with AutoGPTQ, tests/quant).
 - The layouts still refused (then dequantized at load), with the reason.
+Decode batches (up to 4 rows) of 4-bit weights take the int8 matvec: their expectations
+use x after the same int8 rounding (`kernel_cases.decode_input`).
 On CPU the kernels run in Triton's interpreter (see conftest.py), so shapes stay small.
 """
 
 import pytest
 import torch
-from kernel_cases import assert_close_to
+from kernel_cases import assert_close_to, decode_input
 
 from corral.errors import UnsupportedError
 from corral.kernels.gptq import gptq_layout_error, pack_gptq
@@ -77,7 +79,8 @@ def test_kernels_match_autogptq(bits: int, group_size: int, act_order: bool, dev
     assert torch.equal(dequantize_packed(pw.to("cpu")), reference)  # the torch twin: exact
     for m in (1, 17):  # matvec, then dequantize + matmul
         x = activations(m, torch.float16, device)
-        assert_close_to(quantized_linear(x, pw), x.float().cpu() @ reference.T, torch.float16)
+        expected = decode_input(x, pw) @ reference.T  # batch 1: the int8 matvec's rounding
+        assert_close_to(quantized_linear(x, pw), expected, torch.float16)
 
 
 def packed_bytes(bits: int, group_size: int, act_order: bool, n: int) -> int:
@@ -128,8 +131,9 @@ def own_layer(
 )
 def test_irregular_rows_and_batches(bits: int, group_size: int, m: int, dtype, device: str):
     qt = own_layer(bits, group_size, n=37, seed=bits + m)
-    expected = activations(m, dtype, "cpu").float() @ dequantize_gptq(qt).T
-    y = quantized_linear(activations(m, dtype, device), packed(qt, device))
+    pw = packed(qt, device)
+    expected = decode_input(activations(m, dtype, "cpu"), pw) @ dequantize_gptq(qt).T
+    y = quantized_linear(activations(m, dtype, device), pw)
     assert_close_to(y, expected, dtype)
 
 
@@ -139,7 +143,8 @@ def test_eight_bit_zero_point_256(device: str):
     pw = packed(qt, device)
     assert pw.tensors["zeros"].dtype == torch.int16
     x = activations(1, torch.float16, device)
-    assert_close_to(quantized_linear(x, pw), x.float().cpu() @ dequantize_gptq(qt).T, torch.float16)
+    expected = decode_input(x, pw) @ dequantize_gptq(qt).T
+    assert_close_to(quantized_linear(x, pw), expected, torch.float16)
 
 
 def test_uneven_g_idx_is_refused():
@@ -180,7 +185,7 @@ def test_groups_of_32_concatenate_along_rows(device: str):
     pw = concat_rows([packed(first, device), packed(same_order, device)])
     x = activations(1, torch.float16, device)
     w = torch.cat([dequantize_gptq(first), dequantize_gptq(same_order)])  # (37, K)
-    assert_close_to(quantized_linear(x, pw), x.float().cpu() @ w.T, torch.float16)
+    assert_close_to(quantized_linear(x, pw), decode_input(x, pw) @ w.T, torch.float16)
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,22 @@ def test_code_layout_pairs_bytes_with_the_weight_fields():
         assert sorted(code_weight_index(bits).flatten().tolist()) == list(range(128 // bits))
 
 
+@pytest.mark.parametrize("bits", [2, 4])
+def test_gathering_kernel_quantizes_the_columns_in_weight_order(bits: int, device: str):
+    """A GPTQ act-order weight's column order: the kernel's blocks of x[:, perm] equal its
+    twin's on the gathered copy, and x's attached blocks (natural order) are not used."""
+    k = group_weights(bits) * 3
+    x = activations(2, k, torch.float16, device)
+    perm = torch.randperm(k, generator=torch.Generator().manual_seed(bits)).to(torch.int32)
+    got = quantize_activations(x, bits, perm.to(device))
+    want = quantize_activations_reference(x.cpu()[:, perm.long()], bits)
+    assert torch.equal(got.codes.cpu(), want.codes) and torch.equal(got.d.cpu(), want.d)
+    assert torch.equal(got.s.cpu(), want.s)
+    natural = int8_activations(x, bits)
+    gathered = int8_activations(x, bits, perm.to(device))
+    assert gathered is not natural and torch.equal(gathered.codes.cpu(), want.codes)
+
+
 def test_bad_shapes_are_refused(device: str):
     with pytest.raises(ValueError, match="not whole blocks of 32"):
         quantize_activations(torch.zeros(1, 48, device=device), 4)
@@ -114,6 +130,7 @@ def test_int8_blocks_are_reused_while_the_tensor_is_unchanged(device: str, monke
     first = int8_activations(x, 4)
     assert int8_activations(x, 4) is first and calls == [4]  # Q/K, then V: one launch
     assert int8_activations(x, 8).bits == 8 and calls == [4, 8]  # other weights' blocks
+    assert int8_activations(x, 4) is first and calls == [4, 8]  # a file mixing Q3_K, Q4_K
     x.mul_(2)  # in place: the attached blocks are stale
     again = int8_activations(x, 8)
     assert calls == [4, 8, 8]

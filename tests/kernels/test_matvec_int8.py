@@ -7,12 +7,18 @@ scaling, so the bound is float32's (float16 outputs: their rounding).
 Shapes are irregular: 37 rows (no multiple of a row tile), K of 3 super-blocks (the last
 K-step half empty with 2-group steps, whole steps with 3- or 6-group ones), batch 1, 3
 and 4, the default tiles and small ones, and SwiGLU pairs in the epilogue.
+
+GPTQ layouts (2, 3, 4, 8 bits; groups of one word group, several, and half of one, with
+act-order) are checked against corral.quant.gptq.dequantize_gptq, itself bit-exact with
+AutoGPTQ (tests/quant), the activations gathered into the weight's column order by the
+quantizing kernel.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 from kernel_cases import gguf_bytes, oracle_weight
+from test_gptq_kernels import own_layer, packed
 
 from corral.kernels.act_quant import dequantize_activations, quantize_activations_reference
 from corral.kernels.packing import interleave_rows, pack
@@ -24,9 +30,10 @@ from corral.kernels.triton.matvec_int8 import (
     matvec_int8,
     supports_int8,
 )
+from corral.quant.gptq import dequantize_gptq
 
 N, K = 37, 768
-INT8_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+INT8_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
 
 def weight(qtype: str, n: int, device: str, seed: int = 0):
@@ -62,16 +69,17 @@ def test_matvec_int8_matches_gguf_py(qtype: str, m: int, tiles: Int8Tiles | None
     assert_matches(y, values @ w.double().T)
 
 
-@pytest.mark.parametrize(("qtype", "groups"), [("Q4_K", 8), ("Q8_0", 16), ("Q6_K", 8)])
+@pytest.mark.parametrize(("qtype", "groups"), [("Q4_K", 8), ("Q8_0", 16), ("Q6_K", 8), ("Q3_K", 4)])
 def test_whole_steps_take_the_unmasked_path(qtype: str, groups: int, device: str):
-    """K = 24 groups of 4-bit weights (48 of Q8_0): three whole steps, no masks."""
+    """K = 24 groups of 4-bit weights (48 of Q8_0, 12 of Q3_K): three whole steps, no
+    masks."""
     pw, w = weight(qtype, N, device, seed=2)
     xq, values = quantized(1, qtype, device)
     y = matvec_int8(xq, pw, torch.float32, Int8Tiles(groups=groups))
     assert_matches(y, values @ w.double().T)
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0", "Q6_K"])
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0", "Q6_K", "Q2_K"])
 def test_swiglu_epilogue(qtype: str, device: str):
     (gate, gate_w), (up, up_w) = (weight(qtype, 24, device, seed) for seed in (5, 6))
     xq, values = quantized(2, qtype, device, scale=1 / 16)  # silu's exp stays finite
@@ -97,14 +105,37 @@ def test_int8_rounding_costs_what_rounding_to_d_over_2_predicts(device: str):
     assert ((y - exact).abs() <= 5 * sigma).all()
 
 
+@pytest.mark.parametrize(
+    ("bits", "group_size", "m"),
+    [(2, 32, 1), (3, 32, 3), (3, 64, 1), (3, 128, 4), (4, 16, 2), (4, 128, 1), (8, 32, 3)],
+)
+def test_gptq_layouts_match_their_dequantization(bits, group_size, m, device: str):
+    """Act-order layers of 37 rows: 2- and 3-bit groups of 32 and 4-bit groups of 16 are
+    two sub-blocks per word group, the rest one (scale, zero) per one or more."""
+    qt = own_layer(bits, group_size, n=37, seed=bits + group_size)
+    pw = packed(qt, device)
+    perm = pw.tensors["perm"]
+    x = torch.randn(m, qt.shape[1], generator=torch.Generator().manual_seed(m)).half()
+    kt_bits = KERNEL_TYPES[pw.qtype].bits
+    xq = quantize_activations(x.to(device), kt_bits, perm)
+    order = perm.long().cpu()
+    values = torch.empty(m, qt.shape[1], dtype=torch.float64)
+    values[:, order] = dequantize_activations(
+        quantize_activations_reference(x[:, order], kt_bits)
+    ).double()  # the rounded activations, back in x's column order
+    assert_matches(matvec_int8(xq, pw, torch.float32), values @ dequantize_gptq(qt).double().T)
+
+
 def test_types_and_switch(monkeypatch):
-    assert {t for t in KERNEL_TYPES if supports_int8(t)} == set(INT8_TYPES)
-    assert not supports_int8("GPTQ4g128") and not supports_int8("F16")
-    assert int8_enabled("Q4_K") and int8_enabled("Q4_0") and not int8_enabled("Q8_0")
+    assert all(supports_int8(t) for t in INT8_TYPES) and supports_int8("GPTQ3g32")
+    assert not supports_int8("F16")
+    on = ("Q4_K", "Q4_0", "Q6_K", "GPTQ4g128", "GPTQ4g16")
+    off = ("Q8_0", "Q2_K", "Q3_K", "GPTQ3g128", "GPTQ8g32")
+    assert all(map(int8_enabled, on)) and not any(map(int8_enabled, off))
     monkeypatch.setenv("CORRAL_INT8_ACT", "all")
-    assert int8_enabled("Q8_0") and not int8_enabled("Q2_K")
+    assert all(map(int8_enabled, on + off)) and not int8_enabled("F16")
     monkeypatch.setenv("CORRAL_INT8_ACT", "0")
-    assert not int8_enabled("Q4_K")
+    assert not any(map(int8_enabled, on + off))
 
 
 def test_mismatches_are_refused(device: str):
@@ -112,8 +143,10 @@ def test_mismatches_are_refused(device: str):
     xq, _ = quantized(1, "Q8_0", device)
     with pytest.raises(ValueError, match="8-bit fields, 768 columns; Q4_K weight needs 4-bit"):
         matvec_int8(xq, pw)
-    q3, _ = weight("Q3_K", N, device)
-    with pytest.raises(ValueError, match="no int8-activation matvec for Q3_K"):
-        matvec_int8(quantized(1, "Q3_K", device)[0], q3)
+    dense = pack(torch.zeros(N * K * 2, dtype=torch.uint8), "F16", K).to(device)
+    with pytest.raises(ValueError, match="no int8-activation matvec for F16"):
+        matvec_int8(quantized(1, "Q4_K", device)[0], dense)
     with pytest.raises(ValueError, match="even row count"):
         matvec_int8(quantized(1, "Q4_K", device)[0], pw, swiglu=True)
+    with pytest.raises(ValueError, match="column order of shape"):
+        quantize_activations(torch.zeros(1, K, device=device), 4, torch.arange(K - 1))

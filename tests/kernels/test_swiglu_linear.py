@@ -103,8 +103,9 @@ def test_gptq_act_order_gate_and_up_with_one_column_order(m: int, device: str, p
     gate, up = (PackedLinear.from_qtensor(qt, torch.device(device)) for qt in (gate_qt, up_qt))
     assert SwiGLULinear.fusable(gate, up)
     x = activations(2 * m, device).view(2, m, K)
-    out = swiglu_linear(x, SwiGLULinear(gate, up).packed)  # (2, m, 64)
-    expected = expected_swiglu(x, dequantize_gptq(gate_qt), dequantize_gptq(up_qt))
+    fused = SwiGLULinear(gate, up).packed
+    out = swiglu_linear(x, fused)  # (2, m, 64)
+    expected = expected_swiglu(decode_input(x, fused), *map(dequantize_gptq, (gate_qt, up_qt)))
     assert_close_to(out, expected, torch.float16)
     assert len(pairs_calls) == (0 if 2 * m <= 4 else 1)
 

@@ -64,10 +64,10 @@ def store_values_as_blocks(CODES, D, S, values, first_block, n_blocks, P: tl.con
 
 @triton.jit
 def _quantize_kernel(
-    X, CODES, D, S, n_blocks, stride_x, stride_c, stride_d,
-    P: tl.constexpr, BLOCKS: tl.constexpr, PDL: tl.constexpr,
+    X, PERM, CODES, D, S, n_blocks, stride_x, stride_c, stride_d,
+    P: tl.constexpr, BLOCKS: tl.constexpr, GATHER: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    """Program (m, i): blocks i * BLOCKS.. of row m."""
+    """Program (m, i): blocks i * BLOCKS.. of row m (of x's columns PERM[k] with GATHER)."""
     release_dependents(PDL)
     wait_for_inputs(PDL)
     GROUP: tl.constexpr = 16 * P  # weights per block
@@ -79,6 +79,8 @@ def _quantize_kernel(
     inside = blocks < n_blocks  # (BLOCKS,)
     # byte b of code word (t, w): weight 4 (P b + t) + w of its block
     cols = blocks[:, None, None, None] * GROUP + 4 * (P * bs + ts) + ws  # (BLOCKS, P, 4, 4)
+    if GATHER:
+        cols = tl.load(PERM + cols, mask=inside[:, None, None, None], other=0)
     x = tl.load(X + m * stride_x + cols, mask=inside[:, None, None, None], other=0.0)
     words, d, s = quantize_blocks(x.to(tl.float32))
     store_blocks(
@@ -97,22 +99,29 @@ def empty_activations(m: int, k: int, bits: int, device: torch.device) -> Int8Ac
     return Int8Activations(bits, codes, d, torch.empty_like(d))
 
 
-def quantize_activations(x: torch.Tensor, bits: int) -> Int8Activations:
-    """x (M, K) float, K a multiple of the group -> its int8 blocks for `bits`-bit weights."""
+def quantize_activations(
+    x: torch.Tensor, bits: int, perm: torch.Tensor | None = None
+) -> Int8Activations:
+    """x (M, K) float, K a multiple of the group -> its int8 blocks for `bits`-bit weights;
+    with `perm` (int32 (K,)), the blocks of x[:, perm] (a GPTQ act-order weight's column
+    order, gathered in the same kernel)."""
     m, k = x.shape
     out = empty_activations(m, k, bits, x.device)
     if x.stride(1) != 1:
         raise ValueError("activations must be contiguous along K")
+    if perm is not None and perm.shape != (k,):
+        raise ValueError(f"a column order of shape {tuple(perm.shape)} for {k} columns")
     n_blocks = out.d.shape[1]
     grid = (m, triton.cdiv(n_blocks, BLOCKS_PER_PROGRAM))
     _quantize_kernel[grid](
-        x, out.codes, out.d, out.s, n_blocks, x.stride(0), out.codes.stride(0), out.d.stride(0),
-        P=8 // bits, BLOCKS=BLOCKS_PER_PROGRAM, num_warps=4, **launch_options(x.device, m),
+        x, x if perm is None else perm, out.codes, out.d, out.s, n_blocks, x.stride(0),
+        out.codes.stride(0), out.d.stride(0), P=8 // bits, BLOCKS=BLOCKS_PER_PROGRAM,
+        GATHER=perm is not None, num_warps=4, **launch_options(x.device, m),
     )  # fmt: skip
     return out
 
 
-_TAG = "_corral_int8"  # attribute of an activation tensor: (its version, Int8Activations)
+_TAG = "_corral_int8"  # attribute of an activation tensor: (its version, {bits: blocks})
 
 
 def _version(x: torch.Tensor) -> int | None:
@@ -120,10 +129,16 @@ def _version(x: torch.Tensor) -> int | None:
     return None if x.is_inference() else x._version
 
 
+def _attached(x: torch.Tensor) -> dict[int, Int8Activations]:
+    """The int8 blocks attached to x by bits, while x is unchanged since."""
+    tagged = getattr(x, _TAG, None)
+    return tagged[1] if tagged is not None and tagged[0] == _version(x) else {}
+
+
 def attach_int8(x: torch.Tensor, blocks: Int8Activations) -> None:
     """Record on x (..., K) the int8 blocks of its values, as the kernel that wrote x
-    made them; valid while x is not written in place."""
-    setattr(x, _TAG, (_version(x), blocks))
+    made them; valid while x is not written in place. Blocks for other bits stay."""
+    setattr(x, _TAG, (_version(x), {**_attached(x), blocks.bits: blocks}))
 
 
 def share_int8(x: torch.Tensor, view: torch.Tensor) -> None:
@@ -133,10 +148,14 @@ def share_int8(x: torch.Tensor, view: torch.Tensor) -> None:
         setattr(view, _TAG, tagged)
 
 
-def int8_activations(x: torch.Tensor, bits: int) -> Int8Activations:
+def int8_activations(
+    x: torch.Tensor, bits: int, perm: torch.Tensor | None = None
+) -> Int8Activations:
     """x (..., K)'s int8 blocks for `bits`-bit weights: those attached to x (by the kernel
     that wrote x, e.g. RMSNorm, or by an earlier product of the same x, e.g. Q/K and then
-    V) while x is unchanged; else quantized now (and attached where that can be checked).
+    V; one set per bits, for files that mix 2- and 4-bit types) while x is unchanged;
+    else quantized now (and attached where that can be checked). With `perm` (a GPTQ
+    act-order weight's column order) the blocks of x[..., perm], always quantized now.
 
     x's version counter tells whether it changed: attached blocks keep x alive, so no
     other tensor can take its memory, and in-place writes to x or its views bump the
@@ -144,10 +163,13 @@ def int8_activations(x: torch.Tensor, bits: int) -> Int8Activations:
     blocks their producing kernel attached are used, the model never writing its norms'
     outputs in place; blocks quantized here are not attached. CUDA graphs record the
     reuse as the launches they capture."""
-    tagged = getattr(x, _TAG, None)
-    if tagged is not None and tagged[0] == _version(x) and tagged[1].bits == bits:
-        return tagged[1]
-    blocks = quantize_activations(x.reshape(-1, x.shape[-1]), bits)  # (M, K) rows
+    rows = x.reshape(-1, x.shape[-1])  # (M, K)
+    if perm is not None:
+        return quantize_activations(rows, bits, perm)
+    attached = _attached(x)
+    if bits in attached:
+        return attached[bits]
+    blocks = quantize_activations(rows, bits)
     if not x.is_inference():
         attach_int8(x, blocks)
     return blocks

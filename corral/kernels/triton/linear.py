@@ -3,9 +3,11 @@
 | activation rows M           | dtype          | path                                    |
 |-----------------------------|----------------|-----------------------------------------|
 | any (F16/BF16/F32 weight)   | any            | torch.nn.functional.linear (cuBLAS)     |
-| M <= MATVEC_MAX_M, 4-bit    | f16, bf16, f32 | int8 blocks of x, int8 matvec (dp4a)    |
+| M <= MATVEC_MAX_M, int8 [1] | f16, bf16, f32 | int8 blocks of x, int8 matvec (dp4a)    |
 | M <= MATVEC_MAX_M, others   | f16, bf16, f32 | fused matvec (bandwidth-bound)          |
 | M >  MATVEC_MAX_M           | f16, bf16, f32 | dequantize in one pass, then cuBLAS     |
+
+[1] the types `matvec_int8.int8_enabled` names (below).
 
 The matvec does M FMAs per decoded weight on CUDA cores, so its cost grows with M. The
 dense path decodes the whole weight once into a transient matrix (`dequant.dequantize`,
@@ -18,16 +20,18 @@ in M up to a few hundred rows. Measured on an H100 for a 14336 x 4096 Q4_K weigh
 the kernels run only under Triton's interpreter (TRITON_INTERPRET=1, for tests);
 otherwise CPU calls take the reference path.
 
-For the types that `matvec_int8.int8_enabled` names (the 4-bit ones: Q4_*, Q5_*, Q4_K,
-Q5_K, Q6_K), decode multiplies x's int8 blocks with dp4a: 2.2-3.3 TB/s on an H100 where
-the float matvec reads 1.4-2.3 (see matvec_int8.py). The blocks come with x when the
-kernel that wrote it made them (RMSNorm, decode attention), else from one quantizing
-launch per x (`int8_act.int8_activations`). Results carry x's int8 rounding, as
-llama.cpp's do; CORRAL_INT8_ACT=0 keeps the float matvec.
+For the types that `matvec_int8.int8_enabled` names (by default those with 4-bit fields:
+Q4_*, Q5_*, Q4_K, Q5_K, Q6_K, 4-bit GPTQ), decode multiplies x's int8 blocks with dp4a:
+2.2-3.3 TB/s on an H100 where the float matvec reads 1.4-2.3 (see matvec_int8.py). The
+blocks come with x when the kernel that wrote it made them (RMSNorm, decode attention),
+else from one quantizing launch per x (`int8_act.int8_activations`). Results carry x's
+int8 rounding, as llama.cpp's do; CORRAL_INT8_ACT=0 keeps the float matvec, =all takes
+the int8 matvec for every type.
 
 GPTQ weights (corral.kernels.gptq) take the same paths; an act-order weight's columns
 were sorted by group at load, so the activations are gathered the same way first
-(x[:, perm], one small copy of M x K values).
+(x[:, perm], one small copy of M x K values; on the int8 path the quantizing kernel
+gathers them).
 """
 
 import os
@@ -95,7 +99,7 @@ def _decode_matvec(x: torch.Tensor, pw: PackedWeight, swiglu: bool = False) -> t
     `int8_enabled` (x's int8 blocks made once per x: `int8_activations`), else the float
     one; (M, N), or (M, N / 2) with swiglu."""
     if int8_enabled(pw.qtype):
-        xq = int8_activations(x, KERNEL_TYPES[pw.qtype].bits)
+        xq = int8_activations(x, KERNEL_TYPES[pw.qtype].bits, pw.tensors.get("perm"))
         return matvec_int8(xq, pw, x.dtype, swiglu=swiglu)
     x2 = _columns_in_weight_order(x.reshape(-1, pw.shape[1]), pw)  # (M, K)
     return matvec(x2, pw, swiglu=swiglu)

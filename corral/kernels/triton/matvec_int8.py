@@ -11,20 +11,21 @@ float once: a * d_x * sum(q * q_x) + b * s_x, with (a, b) the group's `sub_block
 
 Tiles, pipelining and the scale loads are the float matvec's (`load_weight_step`, one
 register layout for the loop); a thread's 4 words of a group meet the P = 8 / bits code
-words of the same 4 columns, one 16-byte load each. Types (`supports_int8`): 4-bit low
-fields with up to 2 high bits and up to 2 sub-blocks per group (Q4_0, Q4_1, Q5_0, Q5_1,
-Q4_K, Q5_K, Q6_K), and Q8_0. High bits are spread from `qh` into each byte's bits 4-5
-with two shift-and-masks per word (`_spread_high_bits`); Q6_K's two sub-blocks of 16
-take two dp4a sums each, through codes masked to their bytes. Q2_K and Q3_K (2-bit
-fields, four sub-blocks) and GPTQ keep the float matvec.
+words of the same 4 columns, one 16-byte load each. Types (`supports_int8`): all of
+the packed layouts. A byte word holds P fields of every weight byte (4-bit low fields:
+2, 2-bit: 4, 8-bit: 1); high bits are spread from `qh` into each byte's bits above the
+low ones with two shift-and-masks per word (`_spread_high_bits`). Types with 2 or 4
+sub-blocks per group (Q6_K, 16-weight GPTQ halves; Q2_K, Q3_K) take one dp4a sum per
+sub-block, through codes masked to its bytes, and one sum of those codes (per column,
+shared by the tile's rows) for the offset term. GPTQ act-order weights read x's
+columns in their sorted order: the quantizing kernel gathers them (`int8_activations`).
 
 On an H100 (benchmarks/kernel_bandwidth.py --int8, Llama-2-7B shapes) this reads Q4_K
 weights at 2.9-3.1 TB/s where the float matvec reads 1.5-2.2, and the 4096-row weights
 gain most (4096 x 4096: 1.48 -> 2.64-2.90 TB/s). The blocks of x come from the kernel
 that wrote x where it can make them (RMSNorm, decode attention's phase 2), else from a
 ~2 us quantizing kernel (`corral.kernels.triton.int8_act`). Decode uses it for the
-4-bit types unless
-CORRAL_INT8_ACT=0 (`int8_enabled`; Q8_0 only on request). The results then carry the
+4-bit types unless CORRAL_INT8_ACT=0 (`int8_enabled`; the others only on request). The results then carry the
 activations' int8 rounding, as llama.cpp's quantized matvecs do: each x moves by up to
 half its block's step (max |x| / 254), about 1% of the largest output on random data
 (tests/kernels/test_matvec_int8.py).
@@ -40,6 +41,7 @@ import triton
 import triton.language as tl
 
 from corral.kernels.act_quant import Int8Activations
+from corral.kernels.gptq import parse_gptq_qtype
 from corral.kernels.packing import BLOCKS, PackedWeight
 from corral.kernels.triton.decode import KERNEL_TYPES, kernel_args, sub_block_ab
 from corral.kernels.triton.matvec import load_weight_step, store_rows, tile_indices
@@ -62,18 +64,51 @@ def dot4(a, b, c, EMULATE: tl.constexpr):
 
 
 @triton.jit
-def _spread_high_bits(H, HBITS: tl.constexpr):
-    """High bits H (fields j at bits [HBITS j, HBITS (j + 1)), 8 fields) -> the two fields
-    of weight byte b (fields 2b, 2b + 1) at the bottom of byte b: two shift-and-masks."""
-    x = H & ((1 << (8 * HBITS)) - 1)  # int16 fields arrive sign-extended
-    x = (x | (x << (16 - 4 * HBITS))) & (((1 << (4 * HBITS)) - 1) * 0x00010001)
-    return (x | (x << (8 - 2 * HBITS))) & (((1 << (2 * HBITS)) - 1) * 0x01010101)
+def _spread_high_bits(H, BITS: tl.constexpr, HBITS: tl.constexpr):
+    """High bits H of a word of BITS-bit fields (field j at bits [HBITS j, HBITS (j + 1)))
+    -> those of weight byte b (fields P b.. P b + P - 1, P = 8 / BITS) at the bottom of
+    byte b: two shift-and-masks."""
+    F: tl.constexpr = (8 // BITS) * HBITS  # high bits per weight byte
+    x = H & ((1 << (4 * F)) - 1)  # int16 fields arrive sign-extended
+    x = (x | (x << (16 - 2 * F))) & (((1 << (2 * F)) - 1) * 0x00010001)
+    return (x | (x << (8 - F))) & (((1 << F) - 1) * 0x01010101)
 
 
 @triton.jit
 def _group_sum(v, BM: tl.constexpr, ROWS: tl.constexpr, G: tl.constexpr):
     """(BM, ROWS, 4 G) int32 -> the float32 sums over each group's 4 words (BM, ROWS, G)."""
     return tl.sum(tl.reshape(v, [BM, ROWS, G, 4]), axis=3).to(tl.float32)
+
+
+@triton.jit
+def _sub_block_codes(codes, s: tl.constexpr, NSUB: tl.constexpr):
+    """codes with only sub-block s's bytes kept: bytes [4 s / NSUB, 4 (s + 1) / NSUB) of
+    every code word, for NSUB sub-blocks per group."""
+    WIDTH: tl.constexpr = 32 // NSUB
+    if s == NSUB - 1:
+        kept = codes & -(1 << (WIDTH * s))  # the top bytes: every bit from WIDTH s up
+    else:
+        kept = codes & (((1 << WIDTH) - 1) << (WIDTH * s))
+    return kept
+
+
+@triton.jit
+def _sub_block_dot(q, codes, isum, qsum, ones, s: tl.constexpr, NSUB: tl.constexpr, EMULATE):
+    """(isum + the dp4a of weight bytes q (BM, BN, C) with sub-block s's codes, qsum +
+    the sum of those codes (BM, 1, C))."""
+    kept = _sub_block_codes(codes, s, NSUB)  # (BM, 1, C)
+    isum = dot4(q, tl.broadcast_to(kept, q.shape), isum, EMULATE)
+    return isum, dot4(ones, kept, qsum, EMULATE)
+
+
+@triton.jit
+def _sub_block_sum(
+    isum, qsum, sc, d, dm, s: tl.constexpr, KIND: tl.constexpr, OFFSET: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr,
+):  # fmt: skip
+    """Sub-block s's a * sum(q * q_x) + b * sum(q_x) per group: (BM, BN, G) float32."""
+    a, b = sub_block_ab(sc, d, dm, s, KIND, OFFSET)  # (1, BN, G) each
+    return a * _group_sum(isum, BM, BN, G) + b * _group_sum(qsum, BM, 1, G)
 
 
 @triton.jit
@@ -85,20 +120,25 @@ def _accumulate(
     EVEN: tl.constexpr, EMULATE: tl.constexpr,
 ):  # fmt: skip
     """acc (BM, BN, G) plus the products of the step at group g0 (words W, high bits H,
-    scales). With two sub-blocks per group (fields 0-3 and 4-7: bytes 0-1 and 2-3 of
-    every byte word), each gets its own dp4a sums through codes masked to its bytes, and
-    its own sum of codes for the offset term (b * d_x * sum(q_x))."""
+    scales). With NSUB = 2 or 4 sub-blocks per group (fields of 4 / NSUB bytes of every
+    byte word: Q6_K's and GPTQ's halves, Q2_K's and Q3_K's quarters), each gets its own
+    dp4a sums through codes masked to its bytes, and its own sum of codes for the offset
+    term (b * d_x * sum(q_x))."""
     P: tl.constexpr = 8 // BITS  # byte words per weight word
     C: tl.constexpr = 4 * G
     BYTE_MASK: tl.constexpr = ((1 << BITS) - 1) * 0x01010101  # the low BITS of every byte
     HIGH_MASK: tl.constexpr = ((1 << HBITS) - 1) * 0x01010101
     isum0 = tl.zeros([BM, BN, C], dtype=tl.int32)
     isum1 = tl.zeros([BM, BN, C], dtype=tl.int32)
+    isum2 = tl.zeros([BM, BN, C], dtype=tl.int32)
+    isum3 = tl.zeros([BM, BN, C], dtype=tl.int32)
     qsum0 = tl.zeros([BM, 1, C], dtype=tl.int32)
     qsum1 = tl.zeros([BM, 1, C], dtype=tl.int32)
+    qsum2 = tl.zeros([BM, 1, C], dtype=tl.int32)
+    qsum3 = tl.zeros([BM, 1, C], dtype=tl.int32)
     ones = tl.full([BM, 1, C], 0x01010101, tl.int32)
     if HBITS > 0:
-        spread = _spread_high_bits(H, HBITS)  # (1, BN, C)
+        spread = _spread_high_bits(H, BITS, HBITS)  # (1, BN, C)
     for t in tl.static_range(P):
         ptrs = CODES + code_cols + g0 * (4 * P) + 4 * t  # (BM, 1, C)
         if EVEN:
@@ -115,27 +155,29 @@ def _accumulate(
         if NSUB == 1:
             isum0 = dot4(q, tl.broadcast_to(codes, [BM, BN, C]), isum0, EMULATE)
         else:
-            low, high = codes & 0xFFFF, codes & -65536  # bytes 0-1, 2-3
-            isum0 = dot4(q, tl.broadcast_to(low, [BM, BN, C]), isum0, EMULATE)
-            isum1 = dot4(q, tl.broadcast_to(high, [BM, BN, C]), isum1, EMULATE)
-            qsum0 = dot4(ones, low, qsum0, EMULATE)
-            qsum1 = dot4(ones, high, qsum1, EMULATE)
+            isum0, qsum0 = _sub_block_dot(q, codes, isum0, qsum0, ones, 0, NSUB, EMULATE)
+            isum1, qsum1 = _sub_block_dot(q, codes, isum1, qsum1, ones, 1, NSUB, EMULATE)
+            if NSUB == 4:
+                isum2, qsum2 = _sub_block_dot(q, codes, isum2, qsum2, ones, 2, NSUB, EMULATE)
+                isum3, qsum3 = _sub_block_dot(q, codes, isum3, qsum3, ones, 3, NSUB, EMULATE)
     if EVEN:
         xd = tl.load(XD + meta_cols + g0)
     else:
         inside = g0 + tl.arange(0, G)[None, None, :] < g_end  # (1, 1, G)
         xd = tl.load(XD + meta_cols + g0, mask=inside, other=0.0)
-    a0, b0 = sub_block_ab(sc, d, dm, 0, KIND, OFFSET)  # (1, BN, G) each
     if NSUB == 1:
         if EVEN:
             xs = tl.load(XS + meta_cols + g0)
         else:
             xs = tl.load(XS + meta_cols + g0, mask=inside, other=0.0)
+        a0, b0 = sub_block_ab(sc, d, dm, 0, KIND, OFFSET)  # (1, BN, G) each
         out = acc + a0 * (xd * _group_sum(isum0, BM, BN, G)) + b0 * xs
     else:
-        a1, b1 = sub_block_ab(sc, d, dm, 1, KIND, OFFSET)
-        sums = a0 * _group_sum(isum0, BM, BN, G) + b0 * _group_sum(qsum0, BM, 1, G)
-        sums += a1 * _group_sum(isum1, BM, BN, G) + b1 * _group_sum(qsum1, BM, 1, G)
+        sums = _sub_block_sum(isum0, qsum0, sc, d, dm, 0, KIND, OFFSET, BM, BN, G)
+        sums += _sub_block_sum(isum1, qsum1, sc, d, dm, 1, KIND, OFFSET, BM, BN, G)
+        if NSUB == 4:
+            sums += _sub_block_sum(isum2, qsum2, sc, d, dm, 2, KIND, OFFSET, BM, BN, G)
+            sums += _sub_block_sum(isum3, qsum3, sc, d, dm, 3, KIND, OFFSET, BM, BN, G)
         out = acc + xd * sums
     return out
 
@@ -178,21 +220,22 @@ def _matvec_int8_kernel(
 
 
 def supports_int8(qtype: str) -> bool:
-    """Whether `matvec_int8` takes weights of `qtype` (see the module docstring)."""
-    if qtype not in BLOCKS:  # GPTQ layouts: not yet (act-order permutes x's columns)
-        return False
-    kt = KERNEL_TYPES[qtype]
-    return (kt.bits == 4 and kt.nsub <= 2) or (kt.bits == 8 and kt.hbits == 0 and kt.nsub == 1)
+    """Whether `matvec_int8` takes weights of `qtype`: every GGUF block type and every GPTQ
+    layout (all have 1, 2 or 4 sub-blocks per group; see the module docstring)."""
+    return qtype in BLOCKS or parse_gptq_qtype(qtype) is not None
 
 
 def int8_enabled(qtype: str) -> bool:
     """Whether decode matvecs of `qtype` weights run on int8 activations.
 
-    CORRAL_INT8_ACT: "1" (default) for the 4-bit types that `supports_int8`; "all" adds
-    Q8_0; "0" keeps the float matvec everywhere. Q8_0 is off by default because the
-    float matvec already reads it at ~2.7-2.9 TB/s: a 7B Q8_0 file decoded at 293 tokens/s
-    with int8 activations against 307 without on an H100, the ~2.4 us quantizing kernel
-    before each matvec costing more than the faster matvec saves."""
+    CORRAL_INT8_ACT: "1" (default) for the types with 4-bit low fields (Q4_*, Q5_*, Q4_K,
+    Q5_K, Q6_K, 4-bit GPTQ); "all" for every type that `supports_int8`; "0" keeps the
+    float matvec everywhere. Q8_0 is off by default because the float matvec already
+    reads it at ~2.7-2.9 TB/s: a 7B Q8_0 file decoded at 293 tokens/s with int8
+    activations against 307 without on an H100, the ~2.4 us quantizing kernel before each
+    matvec costing more than the faster matvec saves. The 2-bit layouts (Q2_K, Q3_K,
+    2- and 3-bit GPTQ) and 8-bit GPTQ are opt-in until timed on a GPU: they are tested
+    here but were written without one (docs/performance.md)."""
     setting = os.environ.get("CORRAL_INT8_ACT", "1")
     if setting == "0" or not supports_int8(qtype):
         return False
