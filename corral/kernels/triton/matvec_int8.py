@@ -25,10 +25,10 @@ weights at 2.9-3.1 TB/s where the float matvec reads 1.5-2.2, and the 4096-row w
 gain most (4096 x 4096: 1.48 -> 2.64-2.90 TB/s). The blocks of x come from the kernel
 that wrote x where it can make them (RMSNorm, decode attention's phase 2), else from a
 ~2 us quantizing kernel (`corral.kernels.triton.int8_act`). Decode uses it for the
-4-bit types unless CORRAL_INT8_ACT=0 (`int8_enabled`; the others only on request). The results then carry the
-activations' int8 rounding, as llama.cpp's quantized matvecs do: each x moves by up to
-half its block's step (max |x| / 254), about 1% of the largest output on random data
-(tests/kernels/test_matvec_int8.py).
+4-bit types unless CORRAL_INT8_ACT=0 (`int8_enabled`; the others only on request). The
+results then carry the activations' int8 rounding, as llama.cpp's quantized matvecs do:
+each x moves by up to half its block's step (max |x| / 254), about 1% of the largest
+output on random data (tests/kernels/test_matvec_int8.py).
 
 Off a GPU (Triton's interpreter) dp4a is emulated with shifts and multiplies.
 """
