@@ -13,6 +13,9 @@
 #                                     # prefill (graph-replayed and eager) spend GPU time
 #   benchmarks/gpu_suite.sh ab        # corral bench of a baseline revision and of this tree,
 #                                     # alternated, in one call (BASELINE=rev gpu_prepare.sh)
+#   benchmarks/gpu_suite.sh int8      # the int8 matvec's opt-in types (CORRAL_INT8_ACT=all):
+#                                     # their CUDA tests, then 7B Q2_K / Q3_K_M tg128 and pp512
+#                                     # with the default and with all, alternated
 #
 # Results go to $OUT (default ./gpu-results). PYTHON picks the interpreter (default python3).
 # That machine has no network: run benchmarks/gpu_prepare.sh here first and carry `.gpu`
@@ -20,7 +23,7 @@
 # `tests` runs pytest -n 8 (pytest-xdist is in that machine's image).
 set -euo pipefail
 
-STAGE=${1:?usage: benchmarks/gpu_suite.sh files|tests|kernels|bench|llama|70b|profile|ab}
+STAGE=${1:?usage: benchmarks/gpu_suite.sh files|tests|kernels|bench|llama|70b|profile|ab|int8}
 PYTHON=${PYTHON:-python3}
 SHAPED=${SHAPED:-/tmp/shaped}
 OUT=${OUT:-gpu-results}
@@ -58,7 +61,8 @@ tests)
     ;;
 kernels)
     "$PYTHON" benchmarks/kernel_bandwidth.py --types Q4_0,Q4_K,Q5_K,Q6_K,Q8_0,Q2_K,Q3_K \
-        --gptq 4g128,4g128a,3g128,2g32 2>&1 | tee "$OUT/kernel_bandwidth.txt"
+        --gptq 4g128,4g128a,3g128,3g128a,2g32 --int8 Q4_K,Q5_K,Q6_K,Q2_K,Q3_K \
+        2>&1 | tee "$OUT/kernel_bandwidth.txt"
     "$PYTHON" benchmarks/decode_kernels.py --splits 64,128,256,512 2>&1 | tee "$OUT/decode_kernels.txt"
     ;;
 bench)
@@ -94,6 +98,20 @@ ab)  # machines differ from call to call: compare revisions within one call only
                 "import corral; print('## round $round:', corral.__file__)" | tee -a "$log")
             (cd "$tree" && PYTHONPATH="$tree:$PYTHONPATH" "$PYTHON" -m corral.interfaces.cli \
                 bench -m "$model" -p 512 -n 128 -r 3 2>&1 | tee -a "$log")
+        done
+    done
+    ;;
+int8)  # whether the 2-bit layouts should take the int8 matvec by default (matvec_int8.py)
+    CORRAL_INT8_ACT=all "$PYTHON" -m pytest -q -n 8 -p no:cacheprovider \
+        tests/model/test_gpu_path.py::test_tiny_models_on_gpu_match_llama_cpp \
+        tests/model/test_gptq_gpu_path.py tests/kernels/test_matvec_int8.py \
+        tests/kernels/test_gptq_kernels.py 2>&1 | tail -15 | tee "$OUT/int8_all_tests.txt"
+    for type in Q2_K Q3_K_M; do
+        model=$(shaped "$type" 7B)
+        for setting in 1 all 1 all; do
+            echo "## CORRAL_INT8_ACT=$setting" | tee -a "$OUT/int8-7B-$type.md"
+            CORRAL_INT8_ACT=$setting "$PYTHON" -m corral.interfaces.cli bench -m "$model" \
+                -p 512 -n 128 -r 3 2>&1 | tee -a "$OUT/int8-7B-$type.md"
         done
     done
     ;;

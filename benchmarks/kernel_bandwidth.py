@@ -16,8 +16,10 @@ dequantize pass, --int8 TYPES the int8-activation matvec (`matvec_int8`, tilings
 INT8_SWEEP) beside the float one; --batches times matvec, fused matmul
 and the dense path for Q4_K at each M (the dispatcher's thresholds). Kernels are
 compiled by --jobs processes in parallel first. --gptq 4g128a,3g128 adds GPTQ rows (bits,
-group size, "a" for act-order): matvec at batch 1 alone and through `quantized_linear`
-(which first gathers x's columns for act-order), TB/s of the packed bytes.
+group size, "a" for act-order): the float matvec at batch 1, the int8 one (and the
+quantizing kernel, which gathers x's columns for act-order), and `quantized_linear`
+(whichever `int8_enabled` picks, with its gather or quantizing launch), TB/s of the
+packed bytes.
 
     PYTHONPATH=. python3 benchmarks/kernel_bandwidth.py [--types Q4_0,Q4_K] [--sweep Q4_K]
 """
@@ -161,16 +163,16 @@ def bench_type(qtype: str, n: int, k: int, m_big: int) -> dict:
     }  # fmt: skip
 
 
-def random_gptq(bits: int, group: int, act_order: bool, n: int, k: int):
+def random_gptq(bits: int, group: int, act_order: bool, n: int, k: int, device: str = "cuda"):
     """A packed GPTQ weight (n, k) with random codes, scales in [0.001, 0.011), any zeros."""
-    g = torch.Generator(device="cuda").manual_seed(bits)
+    g = torch.Generator(device=device).manual_seed(bits)
     qweight = torch.randint(-(2**31), 2**31 - 1, (k * bits // 32, n), dtype=torch.int32,
-                            device="cuda", generator=g)  # fmt: skip
-    scales = (torch.rand(k // group, n, device="cuda", generator=g) / 100 + 0.001).half()
-    zeros = torch.randint(0, 2**bits, (k // group, n), device="cuda", generator=g)
-    g_idx = torch.arange(k, device="cuda", dtype=torch.int32) // group
+                            device=device, generator=g)  # fmt: skip
+    scales = (torch.rand(k // group, n, device=device, generator=g) / 100 + 0.001).half()
+    zeros = torch.randint(0, 2**bits, (k // group, n), device=device, generator=g)
+    g_idx = torch.arange(k, device=device, dtype=torch.int32) // group
     if act_order:
-        g_idx = g_idx[torch.randperm(k, device="cuda", generator=g)]
+        g_idx = g_idx[torch.randperm(k, device=device, generator=g)]
     return pack_gptq(qweight, scales, zeros.to(torch.int16), g_idx, bits, group)
 
 
@@ -183,13 +185,19 @@ def bench_gptq(spec: str, n: int, k: int) -> None:
     ref = linear_reference(x.float(), pws[0])
     err = ((quantized_linear(x, pws[0]).float() - ref).abs().max() / ref.abs().max()).item()
     t_mv = matvec_seconds(pws, x, None)
-    calls = [lambda pw=pw: quantized_linear(x, pw) for pw in pws] * max(1, 40 // len(pws))
-    t_ql = graph_time(calls)
+    reps = max(1, 40 // len(pws))
+    t_ql = graph_time([lambda pw=pw: quantized_linear(x, pw) for pw in pws] * reps)
+    perm = pws[0].tensors.get("perm")  # all copies share one column order
+    xq = quantize_activations(x, KERNEL_TYPES[pws[0].qtype].bits, perm)
+    t_int8 = graph_time([lambda pw=pw: matvec_int8(xq, pw) for pw in pws] * reps)
+    t_quant = graph_time([lambda: quantize_activations(x, xq.bits, perm)] * 40)
     nbytes = pws[0].nbytes()
     print(
         f"| GPTQ {spec} | {n}x{k} | {nbytes / 1e6:.1f} | matvec {t_mv * 1e6:.1f} us, "
-        f"{nbytes / t_mv / 1e12:.2f} TB/s | quantized_linear {t_ql * 1e6:.1f} us, "
-        f"{nbytes / t_ql / 1e12:.2f} TB/s | err {err:.1e} |",
+        f"{nbytes / t_mv / 1e12:.2f} TB/s | int8 matvec {t_int8 * 1e6:.1f} us, "
+        f"{nbytes / t_int8 / 1e12:.2f} TB/s, quantize x {t_quant * 1e6:.1f} us | "
+        f"quantized_linear {t_ql * 1e6:.1f} us, {nbytes / t_ql / 1e12:.2f} TB/s | "
+        f"err {err:.1e} |",
         flush=True,
     )
 

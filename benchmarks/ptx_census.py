@@ -9,8 +9,11 @@ and operations, barriers. Comparing two versions of a kernel this way says wheth
 change adds shuffles through shared memory or splits vector stores before any GPU time
 is spent on it (timings still need the GPU: benchmarks/kernel_bandwidth.py).
 
-    PYTHONPATH=. python benchmarks/ptx_census.py [--types Q4_K,Q8_0] [--kernels matvec,matvec-int8]
-        [--layer] [--arch 90] [--shape 4096x4096]
+    PYTHONPATH=. python benchmarks/ptx_census.py [--types Q4_K,Q8_0,GPTQ3g32a]
+        [--kernels matvec,matvec-int8] [--layer] [--arch 90] [--shape 4096x4096]
+
+GPTQ types are named as corral.kernels.gptq names them ("GPTQ4g128"), with a trailing "a"
+for act-order (the int8 path's quantizing kernel then gathers x's columns).
 
 `--layer` adds the rest of a decode step and a prefill: RMSNorm (with the residual add),
 silu * up, RoPE with the KV-cache store (float16 and q8_0), decode and prefill attention.
@@ -28,11 +31,13 @@ from unittest import mock
 
 import torch
 import triton
+from kernel_bandwidth import random_gptq
 from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
+from corral.kernels.gptq import parse_gptq_qtype
 from corral.kernels.packing import BLOCKS, pack
 from corral.kernels.triton.attention import decode_attention
 from corral.kernels.triton.decode import KERNEL_TYPES
@@ -115,7 +120,11 @@ def census(compiled) -> dict[str, int]:
 
 
 def packed_weight(qtype: str, n: int, k: int):
-    """A packed (n, k) weight of random GGUF blocks (values do not matter here)."""
+    """A packed (n, k) weight of random GGUF blocks, or of random GPTQ codes for a GPTQ
+    qtype ("GPTQ3g32"; a trailing "a" for act-order) (values do not matter here)."""
+    gptq = parse_gptq_qtype(qtype.removesuffix("a"))
+    if gptq is not None:
+        return random_gptq(*gptq, qtype.endswith("a"), n, k, device="cpu")
     block, size = BLOCKS[qtype]
     raw = torch.randint(0, 256, (n * k // block, size), dtype=torch.uint8)
     return pack(raw.view(n, -1), qtype, k)
@@ -166,7 +175,10 @@ LAUNCHERS = {
     "matvec-split": lambda pw: matvec(_half(3, pw.shape[1]), pw, SPLIT_CONFIG),
     "matvec-swiglu": lambda pw: matvec(_half(1, pw.shape[1]), pw, swiglu=True),
     "matvec-int8": lambda pw: matvec_int8(
-        quantize_activations(_half(1, pw.shape[1]), KERNEL_TYPES[pw.qtype].bits), pw
+        quantize_activations(
+            _half(1, pw.shape[1]), KERNEL_TYPES[pw.qtype].bits, pw.tensors.get("perm")
+        ),
+        pw,
     ),  # types that `supports_int8`: others are skipped
 }
 
@@ -189,7 +201,7 @@ def main() -> None:
     for qtype in args.types.split(","):
         pw = packed_weight(qtype, n, k)
         for name in args.kernels.split(","):
-            if name == "matvec-int8" and not supports_int8(qtype):
+            if name == "matvec-int8" and not supports_int8(pw.qtype):
                 continue
             launch = functools.partial(LAUNCHERS[name], pw)
             for kernel, call_args, kwargs in intercepted_launches(launch):

@@ -30,13 +30,12 @@ PER_TYPE = {
 }
 
 
-def census_lines() -> list[str]:
-    """The census of every kernel, every quant type, for sm_90."""
+def census_lines(*options: str) -> list[str]:
+    """The census that benchmarks/ptx_census.py prints with `options`, for sm_90."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
-    command = [sys.executable, "benchmarks/ptx_census.py", "--types", ",".join(BLOCKS)]
     result = subprocess.run(
-        [*command, "--layer", "--arch", "90"],
+        [sys.executable, "benchmarks/ptx_census.py", *options, "--arch", "90"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -48,7 +47,7 @@ def census_lines() -> list[str]:
 
 
 def test_every_kernel_compiles_for_sm_90():
-    lines = census_lines()
+    lines = census_lines("--types", ",".join(BLOCKS), "--layer")
     compiled = {tuple(line.split(" sm_90:")[0].split()) for line in lines}
     assert {("layer", name) for name in LAYER_KERNELS} <= compiled
     for qtype in BLOCKS:  # every GGUF block type (GPTQ layouts share these kernels)
@@ -63,3 +62,16 @@ def test_every_kernel_compiles_for_sm_90():
         # the dense path's decode pass writes 16-byte vectors (corral/kernels/triton/dequant.py)
         stores = [part for part in line.split(", ") if part.startswith("st.global")]
         assert stores == ["st.global.v4.b32 8"], line
+
+
+def test_int8_matvec_compiles_for_the_gptq_layouts():
+    """GPTQ's scale kinds (one (scale, zero) per word groups, two per word group), 3-bit's
+    high bits, and act-order's gathering quantizer."""
+    types = ("GPTQ2g32", "GPTQ3g128a", "GPTQ4g16", "GPTQ8g32")
+    lines = census_lines("--types", ",".join(types), "--kernels", "matvec-int8")
+    compiled = {tuple(line.split(" sm_90:")[0].split()) for line in lines}
+    for qtype in types:
+        int8 = {(qtype, "matvec-int8", k) for k in ("_quantize_kernel", "_matvec_int8_kernel")}
+        assert int8 <= compiled, qtype
+    for line in (line for line in lines if "_matvec_int8_kernel" in line):
+        assert "dp4a.u32.s32" in line, line

@@ -127,6 +127,7 @@ def test_gptq_layouts_match_their_dequantization(bits, group_size, m, device: st
 
 
 def test_types_and_switch(monkeypatch):
+    monkeypatch.delenv("CORRAL_INT8_ACT", raising=False)
     assert all(supports_int8(t) for t in INT8_TYPES) and supports_int8("GPTQ3g32")
     assert not supports_int8("F16")
     on = ("Q4_K", "Q4_0", "Q6_K", "GPTQ4g128", "GPTQ4g16")

@@ -6,9 +6,10 @@ other fused kernels (norms, RoPE with the KV-cache store, decode and prefill att
 in Triton's interpreter, against llama.cpp's logits.
 
 A prompt chunk takes the dense path (dequantize + matmul), the tokens after it one at a
-time the matvec (the int8 one for Q4_K_M's Q4_K and Q6_K, the float one for Q8_0), with
-tiles of 64 rows: the interpreter runs one program at a time, ~40 ms each whatever its
-size (the kernel tests cover the default tiles).
+time the matvec (the int8 one for Q4_K_M's Q4_K and Q6_K and, when asked for, Q2_K's Q2_K
+and Q3_K; the float one for Q8_0), with tiles of 64 rows: the interpreter runs one
+program at a time, ~40 ms each whatever its size (the kernel tests cover the default
+tiles).
 tests/model/test_gpu_path.py runs these models on a GPU, with CUDA graphs; this test runs
 in CI, which has none. Without the interpreter (a GPU machine runs the suite without it)
 CPU tensors take the torch reference path instead.
@@ -55,17 +56,23 @@ def triton_layout(monkeypatch):
     monkeypatch.setattr(matvec_int8_module, "DEFAULT_TILES", matvec_int8_module.Int8Tiles(64))
 
 
-@pytest.mark.parametrize("kind", ["Q4_K_M", "Q8_0"])
-def test_tiny_model_through_the_gpu_kernels_matches_llama_cpp(kind: str, triton_layout):
+@pytest.mark.parametrize(
+    ("kind", "int8_setting", "bits"),
+    [("Q4_K_M", "1", 4), ("Q8_0", "1", 0), ("Q2_K", "all", 2)],
+)
+def test_tiny_model_through_the_gpu_kernels_matches_llama_cpp(
+    kind: str, int8_setting: str, bits: int, triton_layout, monkeypatch
+):
+    """Q4_K_M's Q4_K and Q6_K projections read int8 blocks that the norms write; Q8_0
+    keeps float activations (matvec_int8.int8_enabled); Q2_K's Q2_K and Q3_K take the
+    int8 matvec when asked for (CORRAL_INT8_ACT=all), with 2-bit blocks (64 weights)."""
+    monkeypatch.setenv("CORRAL_INT8_ACT", int8_setting)
     path = tiny_path(kind)
     gold = golden(f"tiny-llama-{kind}.npz", path)
     model = load_model(path)
     model.use_fused_kernels(devices=("cpu",))
     assert all(isinstance(layer.ffn.swiglu, SwiGLULinear) for layer in model.layers)
     assert all(layer.attn.fused for layer in model.layers)
-    # Q4_K_M's Q4_K and Q6_K projections read int8 blocks that the norms write; Q8_0
-    # keeps float activations (matvec_int8.int8_enabled)
-    bits = 4 if kind == "Q4_K_M" else 0
     norms = [norm for layer in model.layers for norm in (layer.attn_norm, layer.ffn_norm)]
     assert {norm.int8_bits for norm in norms} == {bits}
     assert {layer.attn.out_int8_bits for layer in model.layers} == {bits}  # wo's input
