@@ -59,7 +59,7 @@ PREDICATE = r"^\s*(?:@!?%p\d+\s+)?"
 COUNTED = re.compile(
     PREDICATE
     + r"((?:ld|st)\.(?:global|shared)[.\w:]*|bar\.sync|shfl\.sync[.\w]*|cvt[.\w]*|fma[.\w]*"
-    + r"|dp4a[.\w]*)"
+    + r"|dp4a[.\w]*|atom[.\w]*|fence[.\w]*)"
 )
 INSTRUCTION = re.compile(PREDICATE + r"[a-z][\w.:]*\s.*;")
 
@@ -180,6 +180,14 @@ LAUNCHERS = {
         ),
         pw,
     ),  # types that `supports_int8`: others are skipped
+    "matvec-int8-swiglu": lambda pw: matvec_int8(
+        quantize_activations(
+            _half(1, pw.shape[1]), KERNEL_TYPES[pw.qtype].bits, pw.tensors.get("perm")
+        ),
+        pw,
+        swiglu=True,
+        out_int8_bits=4,
+    ),  # with the int8 blocks of its output (the down projection's input)
 }
 
 
@@ -201,7 +209,7 @@ def main() -> None:
     for qtype in args.types.split(","):
         pw = packed_weight(qtype, n, k)
         for name in args.kernels.split(","):
-            if name == "matvec-int8" and not supports_int8(pw.qtype):
+            if name.startswith("matvec-int8") and not supports_int8(pw.qtype):
                 continue
             launch = functools.partial(LAUNCHERS[name], pw)
             for kernel, call_args, kwargs in intercepted_launches(launch):

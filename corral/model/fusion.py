@@ -85,6 +85,7 @@ class SwiGLULinear(nn.Module):
         super().__init__()
         self.packed = interleave_rows(gate.packed, up.packed)
         self.in_features, self.out_features = gate.in_features, gate.out_features
+        self.out_int8_bits = 0  # int8 blocks of the output to write in decode (llama.py)
 
     @staticmethod
     def fusable(gate: nn.Module, up: nn.Module) -> bool:
@@ -101,11 +102,18 @@ class SwiGLULinear(nn.Module):
         if x.device.type == "cuda":
             from corral.kernels.triton.linear import swiglu_linear
 
-            return swiglu_linear(x, self.packed)
+            return swiglu_linear(x, self.packed, self.out_int8_bits)
         return swiglu_reference(linear_reference(x, self.packed))  # from (..., 2N) pairs
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features} (gate, up), {self.packed.qtype}"
+
+
+def int8_down_enabled() -> bool:
+    """`matvec_int8.int8_down_enabled` (imported when asked: it imports Triton)."""
+    from corral.kernels.triton.matvec_int8 import int8_down_enabled as enabled
+
+    return enabled()
 
 
 def int8_bits(projections: Sequence[nn.Module | None]) -> int:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from corral.config import ModelConfig
-from corral.model.fusion import int8_bits
+from corral.model.fusion import int8_bits, int8_down_enabled
 from corral.model.graphs import DecodeGraphs
 from corral.model.kv_cache import KVCache, check_cache_type
 from corral.model.layers import (
@@ -121,6 +121,9 @@ class Transformer(nn.Module):
             attn.out_int8_bits = int8_bits([attn.wo]) if attn.fused else 0
             gate_up = [ffn.swiglu] if ffn.swiglu else ffn.gate_up or [ffn.w_gate, ffn.w_up]
             layer.ffn_norm.int8_bits = int8_bits(gate_up) if on else 0
+            if ffn.swiglu is not None:  # its epilogue may write the down input's blocks
+                down = on and int8_down_enabled()
+                ffn.swiglu.out_int8_bits = int8_bits([ffn.w_down]) if down else 0
         self.norm.fused = enabled and self.norm.weight.device.type in devices
         self.norm.int8_bits = int8_bits([self.output]) if self.norm.fused else 0
 

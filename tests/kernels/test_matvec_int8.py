@@ -22,6 +22,7 @@ from test_gptq_kernels import own_layer, packed
 
 from corral.kernels.act_quant import dequantize_activations, quantize_activations_reference
 from corral.kernels.packing import interleave_rows, pack
+from corral.kernels.triton import int8_act
 from corral.kernels.triton.decode import KERNEL_TYPES
 from corral.kernels.triton.int8_act import quantize_activations
 from corral.kernels.triton.matvec_int8 import (
@@ -88,6 +89,36 @@ def test_swiglu_epilogue(qtype: str, device: str):
     # gate and up are rounded to float16 before the product, as they are stored unfused
     expected = F.silu(gate_y.half().double()) * up_y.half().double()
     assert_matches(y, expected)
+
+
+@pytest.mark.parametrize(
+    ("m", "bits", "tiles"), [(1, 4, None), (3, 2, Int8Tiles(8, 2, 1)), (2, 8, None)]
+)
+def test_swiglu_epilogue_writes_the_int8_blocks_of_its_output(m, bits, tiles, device, monkeypatch):
+    """The last program to store a block of outputs quantizes it (for the down
+    projection): bit-exact with quantizing the stored output (the torch twin), attached
+    to it so the next product launches no quantizing kernel, and the block counters are
+    left at zero for the next launch."""
+    (gate, _), (up, _) = (weight("Q4_K", 64, device, seed) for seed in (5, 6))
+    xq, _ = quantized(m, "Q4_K", device, scale=1 / 16)
+    y = matvec_int8(xq, interleave_rows(gate, up), torch.float16, tiles, swiglu=True,
+                    out_int8_bits=bits)  # fmt: skip
+    monkeypatch.setattr(int8_act, "quantize_activations", None)  # would fail if called
+    blocks = int8_act.int8_activations(y, bits)
+    want = quantize_activations_reference(y.cpu(), bits)
+    assert torch.equal(blocks.codes.cpu(), want.codes) and torch.equal(blocks.d.cpu(), want.d)
+    assert torch.equal(blocks.s.cpu(), want.s)
+    assert not int8_act.block_counters(torch.device(device), 1).any()
+
+
+def test_swiglu_epilogue_leaves_blocks_that_programs_split_to_the_next_product(device: str):
+    """48 outputs are not whole blocks of 64 (2-bit weights): no blocks are attached."""
+    (gate, _), (up, _) = (weight("Q4_K", 48, device, seed) for seed in (5, 6))
+    xq, _ = quantized(1, "Q4_K", device, scale=1 / 16)
+    y = matvec_int8(xq, interleave_rows(gate, up), torch.float16, swiglu=True, out_int8_bits=2)
+    assert int8_act._attached(y) == {}
+    with pytest.raises(ValueError, match="only from SwiGLU's epilogue"):
+        matvec_int8(xq, gate, out_int8_bits=4)
 
 
 def test_int8_rounding_costs_what_rounding_to_d_over_2_predicts(device: str):

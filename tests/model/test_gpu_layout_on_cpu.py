@@ -22,6 +22,7 @@ import torch
 import corral.kernels.triton.matvec as matvec_module
 import corral.kernels.triton.matvec_int8 as matvec_int8_module
 from corral.kernels.packing import pack
+from corral.kernels.triton import int8_act
 from corral.kernels.triton.linear import quantized_linear, swiglu_linear
 from corral.model.fusion import SwiGLULinear
 from corral.quant.linear import PackedLinear
@@ -45,7 +46,9 @@ def triton_layout(monkeypatch):
 
     monkeypatch.setattr(PackedLinear, "from_gguf_blocks", classmethod(from_gguf_blocks))
     monkeypatch.setattr(PackedLinear, "forward", lambda self, x: quantized_linear(x, self.packed))
-    monkeypatch.setattr(SwiGLULinear, "forward", lambda self, x: swiglu_linear(x, self.packed))
+    monkeypatch.setattr(
+        SwiGLULinear, "forward", lambda self, x: swiglu_linear(x, self.packed, self.out_int8_bits)
+    )
     default = matvec_module.default_config
 
     def wide_tiles(qtype: str, m: int, k: int = 4096) -> matvec_module.MatvecConfig:
@@ -57,16 +60,18 @@ def triton_layout(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("kind", "int8_setting", "bits"),
-    [("Q4_K_M", "1", 4), ("Q8_0", "1", 0), ("Q2_K", "all", 2)],
+    ("kind", "int8_setting", "down", "bits"),
+    [("Q4_K_M", "1", "0", 4), ("Q8_0", "1", "0", 0), ("Q2_K", "all", "1", 2)],
 )
 def test_tiny_model_through_the_gpu_kernels_matches_llama_cpp(
-    kind: str, int8_setting: str, bits: int, triton_layout, monkeypatch
+    kind: str, int8_setting: str, down: str, bits: int, triton_layout, monkeypatch
 ):
     """Q4_K_M's Q4_K and Q6_K projections read int8 blocks that the norms write; Q8_0
     keeps float activations (matvec_int8.int8_enabled); Q2_K's Q2_K and Q3_K take the
-    int8 matvec when asked for (CORRAL_INT8_ACT=all), with 2-bit blocks (64 weights)."""
+    int8 matvec when asked for (CORRAL_INT8_ACT=all), with 2-bit blocks (64 weights),
+    and the down projection's blocks from SwiGLU's epilogue (CORRAL_INT8_DOWN=1)."""
     monkeypatch.setenv("CORRAL_INT8_ACT", int8_setting)
+    monkeypatch.setenv("CORRAL_INT8_DOWN", down)
     path = tiny_path(kind)
     gold = golden(f"tiny-llama-{kind}.npz", path)
     model = load_model(path)
@@ -76,10 +81,19 @@ def test_tiny_model_through_the_gpu_kernels_matches_llama_cpp(
     norms = [norm for layer in model.layers for norm in (layer.attn_norm, layer.ffn_norm)]
     assert {norm.int8_bits for norm in norms} == {bits}
     assert {layer.attn.out_int8_bits for layer in model.layers} == {bits}  # wo's input
+    down_bits = {layer.ffn.swiglu.out_int8_bits for layer in model.layers}
+    assert down_bits == {bits if down == "1" else 0}
     ids = torch.tensor(gold["input_ids"][None], dtype=torch.long)  # (1, 64)
     rows = [model(ids[:, :PROMPT], 0)[0]]  # (PROMPT, V)
+    quantized = []  # the decode steps' quantizing launches: the products no kernel fed
+    original = int8_act.quantize_activations
+    monkeypatch.setattr(
+        int8_act, "quantize_activations", lambda x, *a: quantized.append(1) or original(x, *a)
+    )
     for position in range(PROMPT, ids.shape[1]):
         rows.append(model(ids[:, position : position + 1], position)[0])  # (1, V)
     logits = torch.cat(rows).numpy()  # (64, V)
+    steps, n_layers = ids.shape[1] - PROMPT, len(model.layers)
+    assert len(quantized) == steps * (n_layers if bits and down == "0" else 0)  # down's x
     assert np.abs(logits - gold["logits"]).max() < TINY_LLAMA_CPP_TOLERANCE
     assert (logits.argmax(-1) == gold["logits"].argmax(-1)).all()

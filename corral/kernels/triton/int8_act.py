@@ -63,6 +63,47 @@ def store_values_as_blocks(CODES, D, S, values, first_block, n_blocks, P: tl.con
 
 
 @triton.jit
+def quantize_when_complete(
+    OUT, CODES, D, S, COUNTS, pid, M, n_out, stride_c, stride_d,
+    BM: tl.constexpr, OUTPUTS: tl.constexpr, P: tl.constexpr,
+):  # fmt: skip
+    """The epilogue of a kernel whose program `pid` has stored columns pid * OUTPUTS.. of
+    the M rows of its (M, n_out) output OUT: the last program to finish a block of
+    columns quantizes that block of every row into CODES, D, S (row strides stride_c,
+    stride_d), bit-exact with quantizing the stored output.
+
+    COUNTS holds one int32 per block, zero before the launch and again after it (the last
+    program resets it). Each program counts itself in with a release-acquire atomic, after
+    a barrier that puts all of its threads' stores before it (as CUTLASS's semaphores do);
+    the last one then sees every store of the block, and loads them through L2 (.cg)."""
+    GROUP: tl.constexpr = 16 * P  # weights per block
+    PROGRAMS: tl.constexpr = GROUP // OUTPUTS  # programs writing one block
+    block = pid // PROGRAMS
+    tl.debug_barrier()
+    arrived = tl.atomic_add(COUNTS + block, 1, sem="acq_rel", scope="gpu")
+    if arrived == PROGRAMS - 1:
+        tl.store(COUNTS + block, 0)
+        ms = tl.arange(0, BM)
+        inside = ms < M  # (BM,)
+        ts = tl.arange(0, P)[None, :, None, None]
+        ws = tl.arange(0, 4)[None, None, :, None]
+        bs = tl.arange(0, 4)[None, None, None, :]
+        # byte b of code word (t, w): weight 4 (P b + t) + w of the block, of each row
+        cols = ms[:, None, None, None] * n_out + block * GROUP + 4 * (P * bs + ts) + ws
+        x = tl.load(OUT + cols, mask=inside[:, None, None, None], other=0.0, cache_modifier=".cg")
+        words, d, s = quantize_blocks(x.to(tl.float32))  # (BM, P, 4), (BM,), (BM,)
+        word_offs = (
+            ms[:, None, None] * stride_c
+            + block * (4 * P)
+            + 4 * tl.arange(0, P)[None, :, None]
+            + tl.arange(0, 4)[None, None, :]
+        )  # (BM, P, 4): code word (t, w) of the block in each row
+        tl.store(CODES + word_offs, words, mask=inside[:, None, None])
+        tl.store(D + ms * stride_d + block, d, mask=inside)
+        tl.store(S + ms * stride_d + block, s, mask=inside)
+
+
+@triton.jit
 def _quantize_kernel(
     X, PERM, CODES, D, S, n_blocks, stride_x, stride_c, stride_d,
     P: tl.constexpr, BLOCKS: tl.constexpr, GATHER: tl.constexpr, PDL: tl.constexpr,
@@ -97,6 +138,19 @@ def empty_activations(m: int, k: int, bits: int, device: torch.device) -> Int8Ac
     codes = torch.empty(m, k // 4, dtype=torch.int32, device=device)
     d = torch.empty(m, k // group, dtype=torch.float32, device=device)
     return Int8Activations(bits, codes, d, torch.empty_like(d))
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}  # quantize_when_complete's, per device
+
+
+def block_counters(device: torch.device, count: int) -> torch.Tensor:
+    """`count` zero int32 counters for `quantize_when_complete` on `device`. Every launch
+    leaves them zero, so all launches on the device share them; they must not run at
+    the same time (corral's decode runs on one stream)."""
+    counters = _COUNTERS.get(device)
+    if counters is None or counters.numel() < count:
+        counters = _COUNTERS[device] = torch.zeros(count, dtype=torch.int32, device=device)
+    return counters
 
 
 def quantize_activations(

@@ -43,7 +43,7 @@ from corral.kernels.reference import linear_reference, swiglu_reference
 from corral.kernels.triton.decode import KERNEL_TYPES
 from corral.kernels.triton.dequant import dequantize
 from corral.kernels.triton.elementwise import silu_mul_pairs
-from corral.kernels.triton.int8_act import int8_activations
+from corral.kernels.triton.int8_act import int8_activations, share_int8
 from corral.kernels.triton.matvec import matvec
 from corral.kernels.triton.matvec_int8 import int8_enabled, matvec_int8
 
@@ -94,31 +94,38 @@ def quantized_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
     return y.reshape(*x.shape[:-1], n)  # (..., N)
 
 
-def _decode_matvec(x: torch.Tensor, pw: PackedWeight, swiglu: bool = False) -> torch.Tensor:
+def _decode_matvec(
+    x: torch.Tensor, pw: PackedWeight, swiglu: bool = False, out_int8_bits: int = 0
+) -> torch.Tensor:
     """x (..., K) of at most MATVEC_MAX_M rows times the weight: the int8 matvec where
     `int8_enabled` (x's int8 blocks made once per x: `int8_activations`), else the float
-    one; (M, N), or (M, N / 2) with swiglu."""
+    one; (M, N), or (M, N / 2) with swiglu (and, from the int8 matvec, the int8 blocks
+    of that output for `out_int8_bits`-bit weights when asked for: `matvec_int8`)."""
     if int8_enabled(pw.qtype):
         xq = int8_activations(x, KERNEL_TYPES[pw.qtype].bits, pw.tensors.get("perm"))
-        return matvec_int8(xq, pw, x.dtype, swiglu=swiglu)
+        return matvec_int8(xq, pw, x.dtype, swiglu=swiglu, out_int8_bits=out_int8_bits)
     x2 = _columns_in_weight_order(x.reshape(-1, pw.shape[1]), pw)  # (M, K)
     return matvec(x2, pw, swiglu=swiglu)
 
 
-def swiglu_linear(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
+def swiglu_linear(x: torch.Tensor, pw: PackedWeight, out_int8_bits: int = 0) -> torch.Tensor:
     """silu(x @ G.T) * (x @ U.T): x (..., K) -> (..., N / 2) in x's dtype, for the (N, K)
     weight `pw` whose rows alternate between SwiGLU's gate G and up U
     (`packing.interleave_rows`). Decode batches (M <= MATVEC_MAX_M) compute the product
-    in the matvec's epilogue; larger ones multiply, then apply `silu_mul_pairs`.
-    Off the GPU (and outside Triton's interpreter) torch computes both."""
+    in the matvec's epilogue, which on the int8 path also writes the int8 blocks of the
+    result for `out_int8_bits`-bit weights (the down projection's) when asked for;
+    larger ones multiply, then apply `silu_mul_pairs`. Off the GPU (and outside Triton's
+    interpreter) torch computes both."""
     _check_input(x, pw)
     n, k = pw.shape
     x2 = x.reshape(-1, k)  # (M, K)
     m = x2.shape[0]
     on_triton = x.device.type == "cuda" or _interpreted()
     if 0 < m <= MATVEC_MAX_M and on_triton and pw.qtype not in DENSE:
-        y = _decode_matvec(x, pw, swiglu=True)  # (M, N / 2)
+        y = _decode_matvec(x, pw, swiglu=True, out_int8_bits=out_int8_bits)  # (M, N / 2)
     else:
         pairs = quantized_linear(x2, pw)  # (M, N): gate and up of each unit side by side
         y = silu_mul_pairs(pairs) if on_triton else swiglu_reference(pairs)  # (M, N / 2)
-    return y.reshape(*x.shape[:-1], n // 2)  # (..., N / 2)
+    out = y.reshape(*x.shape[:-1], n // 2)  # (..., N / 2)
+    share_int8(y, out)
+    return out

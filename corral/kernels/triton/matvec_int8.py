@@ -40,10 +40,16 @@ import torch
 import triton
 import triton.language as tl
 
-from corral.kernels.act_quant import Int8Activations
+from corral.kernels.act_quant import Int8Activations, group_weights
 from corral.kernels.gptq import parse_gptq_qtype
 from corral.kernels.packing import BLOCKS, PackedWeight
 from corral.kernels.triton.decode import KERNEL_TYPES, kernel_args, sub_block_ab
+from corral.kernels.triton.int8_act import (
+    attach_int8,
+    block_counters,
+    empty_activations,
+    quantize_when_complete,
+)
 from corral.kernels.triton.matvec import load_weight_step, store_rows, tile_indices
 from corral.kernels.triton.pdl import launch_options, release_dependents, wait_for_inputs
 
@@ -184,13 +190,15 @@ def _accumulate(
 
 @triton.jit(do_not_specialize=["meta_zero"])
 def _matvec_int8_kernel(
-    CODES, XD, XS, QS, QH, SC, D, DM, OUT,
-    M, N, n_groups, n_steps, stride_cm, stride_dm, meta_zero,
+    CODES, XD, XS, QS, QH, SC, D, DM, OUT, OUT_CODES, OUT_D, OUT_S, COUNTS,
+    M, N, n_groups, n_steps, stride_cm, stride_dm, stride_oc, stride_od, meta_zero,
     BITS: tl.constexpr, HBITS: tl.constexpr, NSUB: tl.constexpr, D_DIV: tl.constexpr,
     KIND: tl.constexpr, OFFSET: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, SWIGLU: tl.constexpr,
-    EVEN: tl.constexpr, EMULATE: tl.constexpr, PDL: tl.constexpr,
+    OUT_P: tl.constexpr, EVEN: tl.constexpr, EMULATE: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    """Program pid_n: rows pid_n * BN.. of the product (module docs). With OUT_P (SwiGLU
+    only), the output's int8 blocks for P = OUT_P byte words per weight word too."""
     release_dependents(PDL)
     P: tl.constexpr = 8 // BITS
     pid_n = tl.program_id(0)
@@ -217,6 +225,11 @@ def _matvec_int8_kernel(
             BITS, HBITS, NSUB, KIND, OFFSET, BM, BN, G, EVEN, EMULATE,
         )  # fmt: skip
     store_rows(OUT, tl.sum(acc, axis=2), ms, pid_n, M, N, BN, SWIGLU)  # sums (BM, BN)
+    if OUT_P > 0:
+        quantize_when_complete(
+            OUT, OUT_CODES, OUT_D, OUT_S, COUNTS, pid_n, M, N // 2, stride_oc, stride_od,
+            BM, BN // 2, OUT_P,
+        )  # fmt: skip
 
 
 def supports_int8(qtype: str) -> bool:
@@ -240,6 +253,16 @@ def int8_enabled(qtype: str) -> bool:
     if setting == "0" or not supports_int8(qtype):
         return False
     return setting == "all" or KERNEL_TYPES[qtype].bits == 4
+
+
+def int8_down_enabled() -> bool:
+    """Whether SwiGLU's gate/up matvec also writes the int8 blocks of its output for the
+    down projection (CORRAL_INT8_DOWN=1), which saves the down input's quantizing launch
+    (32 a step for a 7B model, ~83 us of a ~2.3 ms step on an H100, plus their launch
+    gaps). Off by default until timed and run on a GPU: its programs hand the blocks to
+    the last one through atomics (`int8_act.quantize_when_complete`), and Triton's
+    interpreter, which the CPU tests use, runs one program at a time."""
+    return os.environ.get("CORRAL_INT8_DOWN", "0") == "1"
 
 
 @dataclass(frozen=True)
@@ -266,10 +289,14 @@ def matvec_int8(
     tiles: Int8Tiles | None = None,
     *,
     swiglu: bool = False,
+    out_int8_bits: int = 0,
 ) -> torch.Tensor:
     """(M, N) in out_dtype: the quantized activations (M, K) times the packed weight's
     transpose, with `tiles` (default DEFAULT_TILES). swiglu: as `matvec`'s, silu(gate) *
-    up of interleaved rows, (M, N / 2)."""
+    up of interleaved rows, (M, N / 2); then out_int8_bits (2, 4 or 8; 0: none) also
+    writes the int8 blocks of that output for the next product (the down projection's
+    input) and attaches them (`int8_act.attach_int8`), when its columns are whole
+    blocks that whole programs write (`int8_act.quantize_when_complete`)."""
     block_n, groups, num_warps = astuple(tiles or DEFAULT_TILES)
     if not supports_int8(pw.qtype):
         raise ValueError(f"no int8-activation matvec for {pw.qtype} weights")
@@ -285,17 +312,43 @@ def matvec_int8(
         raise ValueError(f"tiles must be powers of two, got {block_n} rows x {groups} groups")
     if swiglu and (n % 2 or block_n % 2):
         raise ValueError(f"SwiGLU pairs need an even row count and tile, got {n}, {block_n}")
+    if out_int8_bits and not swiglu:
+        raise ValueError("int8 blocks of the output are written only from SwiGLU's epilogue")
     n_groups = k // kt.group
     fitted = min(groups, triton.next_power_of_2(n_groups))
     warps = max(1, num_warps * fitted // groups)
-    out = torch.empty(m, n // 2 if swiglu else n, dtype=out_dtype, device=xq.codes.device)
+    device = xq.codes.device
+    out = torch.empty(m, n // 2 if swiglu else n, dtype=out_dtype, device=device)
+    blocks, counts = _output_blocks(m, n // 2, out_int8_bits, block_n // 2, device)
+    if blocks is None:  # OUT_P = 0: the epilogue's arguments are never read
+        pointers, strides, out_p = (out, out, out, out), (0, 0), 0
+    else:
+        pointers = (blocks.codes, blocks.d, blocks.s, counts)
+        strides = (blocks.codes.stride(0), blocks.d.stride(0))
+        out_p = 8 // blocks.bits
     emulate = os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter runs no PTX
     _matvec_int8_kernel[(triton.cdiv(n, block_n),)](
-        xq.codes, xq.d, xq.s, *kernel_args(pw.tensors, kt), out,
-        m, n, n_groups, triton.cdiv(n_groups, fitted), xq.codes.stride(0), xq.d.stride(0), 0,
-        kt.bits, kt.hbits, kt.nsub, kt.d_div, kt.scale_kind, kt.offset,
-        BM=triton.next_power_of_2(m), BN=block_n, G=fitted, SWIGLU=swiglu,
+        xq.codes, xq.d, xq.s, *kernel_args(pw.tensors, kt), out, *pointers,
+        m, n, n_groups, triton.cdiv(n_groups, fitted), xq.codes.stride(0), xq.d.stride(0),
+        *strides, 0, kt.bits, kt.hbits, kt.nsub, kt.d_div, kt.scale_kind, kt.offset,
+        BM=triton.next_power_of_2(m), BN=block_n, G=fitted, SWIGLU=swiglu, OUT_P=out_p,
         EVEN=n_groups % fitted == 0, EMULATE=emulate, num_warps=warps,
         **launch_options(out.device, m),
     )  # fmt: skip
+    if blocks is not None:
+        attach_int8(out, blocks)
     return out
+
+
+def _output_blocks(
+    m: int, width: int, bits: int, outputs: int, device: torch.device
+) -> tuple[Int8Activations | None, torch.Tensor | None]:
+    """(empty int8 blocks of the (m, width) output, `block_counters` for them) when
+    `bits` asks for them and every block is written by whole programs of `outputs`
+    columns; else (None, None): the next product then quantizes the output itself."""
+    if not bits:
+        return None, None
+    group = group_weights(bits)
+    if width % group or group % outputs:
+        return None, None
+    return empty_activations(m, width, bits, device), block_counters(device, width // group)
