@@ -13,9 +13,11 @@
 #                                     # prefill (graph-replayed and eager) spend GPU time
 #   benchmarks/gpu_suite.sh ab        # corral bench of a baseline revision and of this tree,
 #                                     # alternated, in one call (BASELINE=rev gpu_prepare.sh)
-#   benchmarks/gpu_suite.sh int8      # the int8 matvec's opt-in types (CORRAL_INT8_ACT=all):
-#                                     # their CUDA tests, then 7B Q2_K / Q3_K_M tg128 and pp512
-#                                     # with the default and with all, alternated
+#   benchmarks/gpu_suite.sh optin     # the CUDA tests with the untimed opt-ins on:
+#                                     # CORRAL_INT8_ACT=all, CORRAL_INT8_DOWN=1 (matvec_int8.py)
+#   benchmarks/gpu_suite.sh int8      # 7B Q2_K / Q3_K_M tg128 and pp512 with the default and
+#                                     # with CORRAL_INT8_ACT=all, alternated
+#   benchmarks/gpu_suite.sh down      # 7B Q4_K_M / Q4_0 with CORRAL_INT8_DOWN=0 and 1, alternated
 #
 # Results go to $OUT (default ./gpu-results). PYTHON picks the interpreter (default python3).
 # That machine has no network: run benchmarks/gpu_prepare.sh here first and carry `.gpu`
@@ -23,7 +25,7 @@
 # `tests` runs pytest -n 8 (pytest-xdist is in that machine's image).
 set -euo pipefail
 
-STAGE=${1:?usage: benchmarks/gpu_suite.sh files|tests|kernels|bench|llama|70b|profile|ab|int8}
+STAGE=${1:?usage: benchmarks/gpu_suite.sh files|tests|kernels|bench|llama|70b|profile|ab|optin|int8|down}
 PYTHON=${PYTHON:-python3}
 SHAPED=${SHAPED:-/tmp/shaped}
 OUT=${OUT:-gpu-results}
@@ -101,17 +103,21 @@ ab)  # machines differ from call to call: compare revisions within one call only
         done
     done
     ;;
-int8)  # whether the 2-bit layouts should take the int8 matvec by default (matvec_int8.py)
-    CORRAL_INT8_ACT=all "$PYTHON" -m pytest -q -n 8 -p no:cacheprovider \
+optin)  # the opt-ins' correctness on CUDA, before timing them (int8, down)
+    CORRAL_INT8_ACT=all CORRAL_INT8_DOWN=1 "$PYTHON" -m pytest -q -n 8 -p no:cacheprovider \
         tests/model/test_gpu_path.py::test_tiny_models_on_gpu_match_llama_cpp \
         tests/model/test_gptq_gpu_path.py tests/kernels/test_matvec_int8.py \
-        tests/kernels/test_gptq_kernels.py 2>&1 | tail -15 | tee "$OUT/int8_all_tests.txt"
-    for type in Q2_K Q3_K_M; do
+        tests/kernels/test_gptq_kernels.py 2>&1 | tail -15 | tee "$OUT/optin_tests.txt"
+    ;;
+int8 | down)  # whether an opt-in should be the default: the same file, with and without
+    if [ "$STAGE" = int8 ]; then variable=CORRAL_INT8_ACT types=(Q2_K Q3_K_M) settings=(1 all)
+    else variable=CORRAL_INT8_DOWN types=(Q4_K_M Q4_0) settings=(0 1); fi
+    for type in "${types[@]}"; do
         model=$(shaped "$type" 7B)
-        for setting in 1 all 1 all; do
-            echo "## CORRAL_INT8_ACT=$setting" | tee -a "$OUT/int8-7B-$type.md"
-            CORRAL_INT8_ACT=$setting "$PYTHON" -m corral.interfaces.cli bench -m "$model" \
-                -p 512 -n 128 -r 3 2>&1 | tee -a "$OUT/int8-7B-$type.md"
+        for setting in "${settings[@]}" "${settings[@]}"; do
+            echo "## $variable=$setting" | tee -a "$OUT/$STAGE-7B-$type.md"
+            env "$variable=$setting" "$PYTHON" -m corral.interfaces.cli bench -m "$model" \
+                -p 512 -n 128 -r 3 2>&1 | tee -a "$OUT/$STAGE-7B-$type.md"
         done
     done
     ;;

@@ -10,7 +10,7 @@ change adds shuffles through shared memory or splits vector stores before any GP
 is spent on it (timings still need the GPU: benchmarks/kernel_bandwidth.py).
 
     PYTHONPATH=. python benchmarks/ptx_census.py [--types Q4_K,Q8_0,GPTQ3g32a]
-        [--kernels matvec,matvec-int8] [--layer] [--arch 90] [--shape 4096x4096]
+        [--kernels matvec,matvec-int8] [--layer] [--arch 90] [--shape 4096x4096] [--sass]
 
 GPTQ types are named as corral.kernels.gptq names them ("GPTQ4g128"), with a trailing "a"
 for act-order (the int8 path's quantizing kernel then gathers x's columns).
@@ -25,8 +25,11 @@ import argparse
 import functools
 import os
 import re
+import subprocess
+import tempfile
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from unittest import mock
 
 import torch
@@ -110,13 +113,35 @@ def compile_launch(kernel: JITFunction, args: tuple, kwargs: dict, arch: int):
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=kept)
 
 
-def census(compiled) -> dict[str, int]:
-    """Counts in the PTX of a compiled kernel."""
+def census(compiled, sass: bool = False) -> dict[str, int]:
+    """Counts in the PTX of a compiled kernel; with `sass`, also its SASS instructions
+    (`sass`) and those of the opcodes in SASS_COUNTED."""
     ptx = compiled.asm["ptx"].splitlines()
     counts = Counter(m.group(1) for line in ptx if (m := COUNTED.match(line)))
     counts["instructions"] = sum(1 for line in ptx if INSTRUCTION.match(line))
     counts["shared bytes"] = compiled.metadata.shared
+    if sass:
+        opcodes = sass_opcodes(compiled.asm["cubin"])
+        counts["sass"] = len(opcodes)
+        counts.update(f"sass {op}" for op in opcodes if op in SASS_COUNTED)
     return dict(counts)
+
+
+SASS_COUNTED = {"IDP", "FFMA", "FMUL", "FADD", "LOP3", "SHF", "IMAD", "IADD3", "PRMT", "I2FP"}
+SASS_OPCODE = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+
+
+def sass_opcodes(cubin: bytes) -> list[str]:
+    """The opcode (without modifiers) of every instruction of `cubin`, by Triton's
+    bundled cuobjdump."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        listing = subprocess.run(
+            [str(tool), "-sass", file.name], capture_output=True, text=True, check=True
+        ).stdout
+    return SASS_OPCODE.findall(listing)
 
 
 def packed_weight(qtype: str, n: int, k: int):
@@ -198,11 +223,12 @@ def main() -> None:
     parser.add_argument("--layer", action="store_true", help="also norm, RoPE, KV store, attention")
     parser.add_argument("--shape", default="4096x4096", help="N x K of the weight")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
+    parser.add_argument("--sass", action="store_true", help="also count SASS instructions")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter compiles nothing")
     n, k = (int(v) for v in args.shape.split("x"))
-    report = functools.partial(print_census, arch=args.arch)
+    report = functools.partial(print_census, arch=args.arch, sass=args.sass)
     if args.layer:
         for kernel, call_args, kwargs in intercepted_launches(layer_kernels):
             report("layer", kernel, call_args, kwargs)
@@ -216,9 +242,11 @@ def main() -> None:
                 report(f"{qtype} {name}", kernel, call_args, kwargs)
 
 
-def print_census(what: str, kernel: JITFunction, args: tuple, kwargs: dict, arch: int) -> None:
+def print_census(
+    what: str, kernel: JITFunction, args: tuple, kwargs: dict, arch: int, sass: bool = False
+) -> None:
     """Compile one intercepted launch for sm_`arch` and print its census on one line."""
-    counts = census(compile_launch(kernel, args, kwargs, arch))
+    counts = census(compile_launch(kernel, args, kwargs, arch), sass)
     listed = ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
     print(f"{what} {kernel.__name__} sm_{arch}: {listed}", flush=True)
 
