@@ -10,10 +10,13 @@ on and the torch twin of the quantizing kernel (`corral.kernels.triton.int8_act`
   zero, as llama.cpp's roundf; d = 0 gives zero codes) and s = d * sum(q), so that a
   weight's offset or minimum b multiplies s directly;
 - the codes are packed four to an int32 word in the order the weight words are decoded.
-  A group's weight word w holds weight 4 j + w in field j (`corral.kernels.packing`);
-  the kernel extracts P = 8 / bits byte words from it, byte word t holding field P b + t
-  in byte b. Code word (t, w) of a block therefore holds weight 4 (P b + t) + w in byte b
-  (`code_weight_index`), and one dp4a of the two words is the dot product of those four.
+  A group's weight word w holds weight 4 j + w in field j, and fields 4 t + b sit in
+  byte b (`corral.kernels.packing`'s interleaved slots); the kernel extracts P = 8 / bits
+  byte words from it, byte word t holding field 4 t + b in byte b: weights
+  16 t + 4 b + w, a run of 16 weights of the group. Code word (t, w) of a block
+  therefore holds weight 16 t + 4 b + w in byte b (`code_weight_index`), and one dp4a of
+  the two words is the dot product of those four. A byte word never straddles two
+  sub-blocks (of 16 or more weights), so each dp4a sum belongs to one.
 
 The float32 operations here are the kernel's (IEEE division, the same rounding), so codes
 and scales match bit for bit.
@@ -51,11 +54,10 @@ def group_weights(bits: int) -> int:
 
 def code_weight_index(bits: int) -> torch.Tensor:
     """(P, 4, 4) long: the weight (within its group) in byte b of code word (t, w)."""
-    per_byte = 8 // bits  # P: fields per byte of a weight word
-    t = torch.arange(per_byte)[:, None, None]
+    t = torch.arange(8 // bits)[:, None, None]  # P byte words per weight word
     w = torch.arange(4)[None, :, None]
     b = torch.arange(4)[None, None, :]
-    return 4 * (per_byte * b + t) + w  # (P, 4, 4)
+    return 16 * t + 4 * b + w  # (P, 4, 4)
 
 
 def quantize_activations_reference(x: torch.Tensor, bits: int) -> Int8Activations:

@@ -8,7 +8,7 @@ group of every input column (`g_idx`; act-order shuffles it). Its values are
 
 `pack_gptq` turns it into a `PackedWeight` that the GGUF kernels read unchanged
 (corral.kernels.packing's words of 4 int32, a *word group*: weight 4 j + w = field j of
-word w):
+word w, in the interleaved slots of `packing.field_slot`):
 
 - act-order: the input columns are sorted by group once (a stable argsort of g_idx,
   kept as `perm`), so every group is a contiguous run of columns; at call time the
@@ -64,7 +64,7 @@ import re
 
 import torch
 
-from corral.kernels.packing import PackedWeight, _words
+from corral.kernels.packing import PackedWeight, _words, unpack_fields
 
 GPTQ_BITS = (2, 3, 4, 8)
 _QTYPE = re.compile(r"GPTQ([2348])g([1-9][0-9]*)")
@@ -184,16 +184,6 @@ def pack_gptq(
     return PackedWeight(gptq_qtype(bits, group_size), (n, k), tensors)
 
 
-def _fields(words: torch.Tensor, bits: int) -> torch.Tensor:
-    """Words (N, G, 4) of `bits`-bit fields -> (N, G * 4 * fields) int32 in weight order."""
-    n, groups, _ = words.shape
-    width = 8 * words.element_size()
-    wide = words.to(torch.int64) & ((1 << width) - 1)  # unsigned
-    shifts = torch.arange(0, width, bits, device=words.device).view(-1, 1)  # (fields, 1)
-    fields = (wide.unsqueeze(2) >> shifts) & ((1 << bits) - 1)  # (N, G, fields, 4)
-    return fields.reshape(n, -1).to(torch.int32)  # (N, K)
-
-
 def dequantize_gptq_packed(pw: PackedWeight) -> torch.Tensor:
     """The (N, K) float32 weight of a packed GPTQ weight, input columns in the original
     (file) order: scale * (q - zero), exact in float32 like any correct dequantizer."""
@@ -204,9 +194,9 @@ def dequantize_gptq_packed(pw: PackedWeight) -> torch.Tensor:
     low, high = split_bits(bits)
     n, k = pw.shape
     t = pw.tensors
-    q = _fields(t["qs"], low)  # (N, K), sorted column order
+    q = unpack_fields(t["qs"], low)  # (N, K), sorted column order
     if high:
-        q |= _fields(t["qh"], high) << low
+        q |= unpack_fields(t["qh"], high) << low
     steps = q.reshape(n, k // group_size, group_size) - t["zeros"].to(torch.int32).unsqueeze(-1)
     w = (t["d"].float().unsqueeze(-1) * steps.float()).reshape(n, k)  # (N, K)
     if "perm" not in t:

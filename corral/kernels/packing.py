@@ -7,10 +7,17 @@ load per field. `pack` keeps the bits per weight (the k-quants' 12-byte 6-bit sc
 fields become one byte per scale: +4 bytes per 256 weights for Q3_K, Q4_K, Q5_K).
 
 Quants are grouped by 4 int32 words (a *group*: 32 weights for 4-, 5-, 6-bit types, 64
-for 2-, 3-bit, 16 for 8-bit). Inside a group, weight e = 4 * j + w is field j (bits
-[b*j, b*(j+1)) for b low bits per weight) of word w, so for a fixed j the 4 words hold 4
-consecutive weights and the kernel reads 4 consecutive activations. Extra high bits live
-in `qh`, one small integer per word, weight 4 * j + w in bits [h*j, h*(j+1)) of entry w.
+for 2-, 3-bit, 16 for 8-bit). Inside a group, weight e = 4 * j + w is field j of word w,
+so for a fixed j the 4 words hold 4 consecutive weights and the kernel reads 4
+consecutive activations. The F = 32 / b fields of a word (b low bits per weight) sit in
+interleaved slots (`field_slot`): byte p holds fields p, p + 4, p + 8, ... from its low
+bits up, field j in bits [b*s, b*(s+1)) for slot s = (F / 4) * (j % 4) + j // 4. So one
+shift and mask of a word, (W >> b t) & the low b bits of every byte, gives fields 4 t ..
+4 t + 3 (weights 16 t .. 16 t + 15 of the group, one sub-block of 16 or part of a larger
+one) in its four bytes: the byte words that the int8 matvec multiplies with dp4a
+(`corral.kernels.act_quant`). Kernels that decode one field at a time shift by the
+slot's offset instead of j's, at no cost. Extra high bits live in `qh`, one small integer
+per word, with the same slots: weight 4 * j + w in bits [h*s, h*(s+1)) of entry w.
 
 | type | group | qs (int32)      | qh              | scales            | d, dmin (fp16)        |
 |------|-------|-----------------|-----------------|-------------------|-----------------------|
@@ -182,12 +189,33 @@ def runs_torch(field: torch.Tensor, bits: int, run: int) -> torch.Tensor:
     return fields.reshape(n, nb, k * 8 // bits)
 
 
+def field_slot(j: int, fields: int) -> int:
+    """The slot (bits [bits * slot, bits * (slot + 1)) of its word) of field j of a word of
+    `fields` fields: fields 4 t + b (t < fields / 4) fill byte b's slots in order of t
+    (the module docstring's interleaved order)."""
+    return fields // 4 * (j % 4) + j // 4
+
+
+def unpack_fields(words: torch.Tensor, bits: int) -> torch.Tensor:
+    """Words (N, G, 4) of `bits`-bit fields in the kernels' layout -> (N, G * 4 * fields)
+    int32, the fields in weight order (weight 4 j + w of a group is field j of word w)."""
+    n, groups, _ = words.shape
+    width = 8 * words.element_size()
+    fields = width // bits
+    wide = words.to(torch.int64) & ((1 << width) - 1)  # unsigned
+    slots = torch.tensor([field_slot(j, fields) for j in range(fields)], device=words.device)
+    shifts = (bits * slots).view(-1, 1)  # (fields, 1): field j's offset
+    values = (wide.unsqueeze(2) >> shifts) & ((1 << bits) - 1)  # (N, G, fields, 4)
+    return values.reshape(n, -1).to(torch.int32)  # (N, K)
+
+
 def _words(values: torch.Tensor, bits: int, per_group: int, dtype: torch.dtype) -> torch.Tensor:
     """Weights (n, K) of `bits` bits in order -> (n, K / per_group, 4) words of `dtype`.
 
-    Weight e = 4 * j + w of a group goes to bits [bits*j, bits*(j+1)) of word w. The words
-    are built byte by byte in uint8 (little-endian): byte p of word w holds the fields
-    j = F p + f, f < F = 8 / bits. On the CPU its numba twin does the work.
+    Weight e = 4 * j + w of a group is field j of word w, in slot `field_slot(j, F)` of
+    F = per_group / 4 fields: bits [bits*slot, bits*(slot+1)). The words are built byte
+    by byte in uint8 (little-endian): byte p of word w holds the slots F' p + f,
+    f < F' = 8 / bits. On the CPU its numba twin does the work.
     """
     n = values.shape[0]
     width = dtype.itemsize
@@ -208,10 +236,15 @@ def words_torch(
     """`_words` in torch ops (any device; the reference of the numba twin)."""
     n = values.shape[0]
     per_byte, width = 8 // bits, dtype.itemsize
-    fields = values.to(torch.uint8).reshape(n, -1, width, per_byte, 4)  # (n, groups, p, f, w)
-    word_bytes = fields.new_zeros(n, fields.shape[1], 4, width)  # (n, groups, w, p)
+    fields = per_group // 4
+    by_field = values.to(torch.uint8).reshape(n, -1, fields, 4)  # (n, groups, j, w)
+    by_slot = torch.empty_like(by_field)
+    slots = [field_slot(j, fields) for j in range(fields)]
+    by_slot[:, :, slots] = by_field  # (n, groups, slot, w)
+    in_bytes = by_slot.reshape(n, -1, width, per_byte, 4)  # (n, groups, p, f, w)
+    word_bytes = in_bytes.new_zeros(n, in_bytes.shape[1], 4, width)  # (n, groups, w, p)
     for f in range(per_byte):
-        word_bytes |= fields[:, :, :, f].transpose(2, 3) << (bits * f)
+        word_bytes |= in_bytes[:, :, :, f].transpose(2, 3) << (bits * f)
     return word_bytes.view(dtype).reshape(n, -1, 4)  # (n, groups, 4)
 
 

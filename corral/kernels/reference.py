@@ -28,27 +28,17 @@ weight (`packing.interleave_rows`).
 import torch
 
 from corral.kernels.gptq import dequantize_gptq_packed, parse_gptq_qtype
-from corral.kernels.packing import DENSE, PackedWeight, high_bits, low_bits
+from corral.kernels.packing import DENSE, PackedWeight, high_bits, low_bits, unpack_fields
 
 # Offset subtracted from q before scaling, for the types whose formula has one.
 _OFFSETS = {"Q4_0": 8, "Q5_0": 16, "Q8_0": 128, "Q3_K": 4, "Q6_K": 32}
 
 
-def _fields(words: torch.Tensor, bits: int) -> torch.Tensor:
-    """Words (N, G, 4) of `bits`-bit fields -> (N, G * 128 / bits) int32 in order."""
-    n, groups, _ = words.shape
-    per_word = 8 * words.element_size() // bits
-    wide = words.to(torch.int64) & ((1 << (8 * words.element_size())) - 1)  # unsigned
-    shifts = torch.arange(0, bits * per_word, bits, device=words.device).view(-1, 1)
-    fields = (wide.unsqueeze(2) >> shifts) & ((1 << bits) - 1)  # (N, G, j, 4)
-    return fields.reshape(n, groups * per_word * 4).to(torch.int32)  # (N, K)
-
-
 def unpack_quants(pw: PackedWeight) -> torch.Tensor:
     """The unsigned quant of every weight of `pw`, (N, K) int32 (Q8_0: q + 128)."""
-    q = _fields(pw.tensors["qs"], low_bits(pw.qtype))  # (N, K)
+    q = unpack_fields(pw.tensors["qs"], low_bits(pw.qtype))  # (N, K)
     if high_bits(pw.qtype):
-        q |= _fields(pw.tensors["qh"], high_bits(pw.qtype)) << low_bits(pw.qtype)
+        q |= unpack_fields(pw.tensors["qh"], high_bits(pw.qtype)) << low_bits(pw.qtype)
     return q
 
 

@@ -57,7 +57,7 @@ def test_every_kernel_compiles_for_sm_90():
         assert (qtype, "matvec-int8-swiglu", "_matvec_int8_kernel") in compiled, qtype
     for line in (line for line in lines if "_matvec_int8_kernel" in line):
         assert "dp4a.u32.s32" in line, line  # the real instruction, not the interpreter's stand-in
-    for line in (line for line in lines if "matvec-int8-swiglu" in line):
+    for line in (line for line in lines if "matvec-int8-swiglu _matvec_int8_kernel" in line):
         # the blocks' hand-over (int8_act.quantize_when_complete): one release-acquire add
         assert "atom.global.gpu.acq_rel.add.u32 1" in line, line
     for line in lines:  # every kernel stores its result, in at least one instruction

@@ -12,6 +12,7 @@ kernel, and `int8_activations` reuses attached blocks until the tensor changes.
 import pytest
 import torch
 
+from corral.kernels import packing
 from corral.kernels.act_quant import (
     code_weight_index,
     dequantize_activations,
@@ -69,14 +70,24 @@ def test_blocks_follow_the_q8_1_definition(bits: int):
     torch.testing.assert_close(blocks.s.double(), d * codes.sum(dim=2), rtol=1e-6, atol=0)
 
 
-def test_code_layout_pairs_bytes_with_the_weight_fields():
-    """Byte b of code word (t, w) is the weight of field P b + t of weight word w, which
-    `packing` stores as weight 4 j + w (so 4-bit words decode bytes as fields 2b, 2b + 1)."""
-    assert code_weight_index(8)[0, 1].tolist() == [1, 5, 9, 13]  # field b of word 1
-    assert code_weight_index(4)[1, 2].tolist() == [6, 14, 22, 30]  # fields 1, 3, 5, 7 of word 2
-    assert code_weight_index(2)[3, 0].tolist() == [12, 28, 44, 60]  # fields 3, 7, 11, 15
-    for bits in (2, 4, 8):  # every weight of a block exactly once
-        assert sorted(code_weight_index(bits).flatten().tolist()) == list(range(128 // bits))
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_code_layout_pairs_bytes_with_the_weight_fields(bits: int):
+    """Byte word t of a packed weight word w ((W >> bits t) & the low bits of each byte,
+    as the int8 matvec extracts it) holds in byte b the weight 16 t + 4 b + w of its
+    group, which is byte b of code word (t, w): read back from words that `packing`
+    built from each weight's index, `bits` bits of it at a time."""
+    group = 128 // bits
+    index = torch.arange(group)
+    found = torch.zeros(8 // bits, 4, 4, dtype=torch.long)  # (t, w, b)
+    for shift in range(0, 6, bits):  # the index's bits, `bits` at a time
+        digits = ((index >> shift) & ((1 << bits) - 1)).to(torch.uint8)[None]  # (1, group)
+        words = packing.words_torch(digits, bits, group, torch.int32)[0, 0].long() & 0xFFFFFFFF
+        for t in range(8 // bits):
+            for b in range(4):
+                found[t, :, b] |= ((words >> (bits * t + 8 * b)) & ((1 << bits) - 1)) << shift
+    t, w, b = torch.meshgrid(*map(torch.arange, (8 // bits, 4, 4)), indexing="ij")
+    assert torch.equal(found, 16 * t + 4 * b + w)
+    assert torch.equal(code_weight_index(bits), found)
 
 
 @pytest.mark.parametrize("bits", [2, 4])

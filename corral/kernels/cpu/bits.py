@@ -32,9 +32,9 @@ def unpack_runs(field: np.ndarray, bits: int, run: int, out: np.ndarray) -> None
 @njit(**_JIT)
 def pack_words(values: np.ndarray, bits: int, per_group: int, out: np.ndarray) -> None:
     """values (n, K) uint8 fields -> out (n, K / per_group, 4, width) uint8: the bytes of 4
-    little-endian words per group, weight 4 j + w of a group in bits [bits j, bits (j+1))
-    of word w (the group's 4 words built together as integers from consecutive fields,
-    then written byte by byte)."""
+    little-endian words per group, weight 4 j + w of a group in slot
+    `packing.field_slot(j, fields)` of word w (the group's 4 words built together as
+    integers from consecutive fields, then written byte by byte)."""
     n = values.shape[0]
     groups, width = out.shape[1], out.shape[3]
     fields = per_group // 4  # per word
@@ -44,7 +44,7 @@ def pack_words(values: np.ndarray, bits: int, per_group: int, out: np.ndarray) -
             start = g * per_group
             words[:] = 0
             for j in range(fields):
-                shift = np.uint32(bits * j)
+                shift = np.uint32(bits * (fields // 4 * (j % 4) + j // 4))  # packing.field_slot
                 for w in range(4):
                     words[w] |= np.uint32(values[i, start + 4 * j + w]) << shift
             for w in range(4):

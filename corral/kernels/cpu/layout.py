@@ -12,12 +12,12 @@ every field is stored with the row inside the block last:
 | scales | (N, S') int32 / int16 | (N/RB, S, SB, RB) uint8    | per sub-block: SB = 1 or 2 bytes|
 | d/dmin | (N, D) fp16           | (N/RB, D, RB) uint16       | fp16 bits (decoded by a table)  |
 
-The bits per weight stay those of the file. Byte p of word w holds the fields j = F p + f
-(f < F = 8 / bits) of weight e = 4 j + w of its group, so each field of a byte pairs with
-one activation; `activation_index` gives which, and `sub_block_of` which sub-block of the
-group (one scale) it belongs to. The k-quants' scale fields become one or two bytes per
-sub-block: Q2_K one byte (sc | m << 4), Q3_K and Q6_K one signed byte, Q4_K and Q5_K two
-(sc, m).
+The bits per weight stay those of the file. Byte p of word w holds the slots F p + f
+(f < F = 8 / bits), each the field j of weight e = 4 j + w of its group that
+`packing.field_slot` puts there, so each field of a byte pairs with one activation;
+`field_maps` gives which, and which sub-block of the group (one scale) it belongs to.
+The k-quants' scale fields become one or two bytes per sub-block: Q2_K one byte
+(sc | m << 4), Q3_K and Q6_K one signed byte, Q4_K and Q5_K two (sc, m).
 """
 
 from dataclasses import dataclass
@@ -112,7 +112,10 @@ def field_maps(bits: int, bytes_per_word: int, group: int, sub: int) -> tuple[np
     t = np.arange(4 * bytes_per_word).reshape(-1, 1)  # (bytes, 1)
     f = np.arange(fields).reshape(1, -1)  # (1, fields)
     word, byte = t // bytes_per_word, t % bytes_per_word
-    index = 4 * (fields * byte + f) + word  # (bytes, fields)
+    slot = fields * byte + f  # (bytes, fields): the slot of the word (packing.field_slot)
+    per_byte_of_qs = fields * bytes_per_word // 4  # slots per weight byte of the qs words
+    j = 4 * (slot % per_byte_of_qs) + slot // per_byte_of_qs  # field j sits in that slot
+    index = 4 * j + word  # (bytes, fields)
     return index, index // sub if sub < group else np.zeros_like(index)
 
 

@@ -124,10 +124,11 @@ def field_as_float(W, H, j: tl.constexpr, BITS: tl.constexpr, HBITS: tl.constexp
     `one` is ONE_BITS, given at run time.
     """
     LOW: tl.constexpr = 23 - BITS - HBITS
+    SLOT: tl.constexpr = (8 // BITS) * (j % 4) + j // 4  # packing.field_slot
     if HBITS > 0:
-        high = _move_bits(H, HBITS * j, 23 - HBITS) & (((1 << HBITS) - 1) << (23 - HBITS))
+        high = _move_bits(H, HBITS * SLOT, 23 - HBITS) & (((1 << HBITS) - 1) << (23 - HBITS))
         one = high | one
-    bits = (_move_bits(W, BITS * j, LOW) & (((1 << BITS) - 1) << LOW)) | one
+    bits = (_move_bits(W, BITS * SLOT, LOW) & (((1 << BITS) - 1) << LOW)) | one
     return bits.to(tl.float32, bitcast=True)
 
 

@@ -3,8 +3,11 @@
 The layout (blocks of one weight group, llama.cpp's q8_1 fields d and s = d * sum(q),
 codes packed in the weight words' decode order) is documented in
 `corral.kernels.act_quant`, which also holds this kernel's torch twin. A program loads
-BLOCKS_PER_PROGRAM blocks of a row directly in code order (byte b of code word (t, w) is
-weight 4 (P b + t) + w of its block), so packing is a shift and a sum in registers.
+BLOCKS_PER_PROGRAM blocks of a row (contiguous; gathered for GPTQ act-order) and puts
+them in code order in registers (byte b of code word (t, w) is weight 16 t + 4 b + w of
+its block, `_in_code_order`), so packing is a shift and a sum per word. RMSNorm and
+decode attention write the blocks of their outputs with the same epilogue
+(`store_values_as_blocks`), and SwiGLU's int8 matvec through `quantize_when_complete`.
 """
 
 import torch
@@ -50,14 +53,20 @@ def store_blocks(CODES, D, S, words, d, s, blocks, inside):
 
 
 @triton.jit
+def _in_code_order(values, NB: tl.constexpr, P: tl.constexpr):
+    """values (NB * 16 P,) or (NB, 16 P), the weights of NB blocks in order -> (NB, P, 4,
+    4) with byte b of code word (t, w) (weight 16 t + 4 b + w) at [i, t, w, b]."""
+    return tl.permute(tl.reshape(values, [NB, P, 4, 4]), (0, 1, 3, 2))
+
+
+@triton.jit
 def store_values_as_blocks(CODES, D, S, values, first_block, n_blocks, P: tl.constexpr):
     """Quantize `values` (16 P NB,), the weights of blocks first_block.. of one row in
     order, and store the blocks below n_blocks (row pointers CODES, D, S): the epilogue
-    of a kernel that writes activations and their int8 blocks (RMSNorm, attention)."""
+    of a kernel that writes activations and their int8 blocks (RMSNorm, attention), and
+    the quantizing kernel's body."""
     NB: tl.constexpr = values.shape[0] // (16 * P)
-    # weight 4 (P b + t) + w of a block is byte b of code word (t, w)
-    ordered = tl.permute(tl.reshape(values.to(tl.float32), [NB, 4, P, 4]), (0, 2, 3, 1))
-    words, d, s = quantize_blocks(ordered)  # (NB, P, 4), (NB,), (NB,)
+    words, d, s = quantize_blocks(_in_code_order(values.to(tl.float32), NB, P))
     blocks = first_block + tl.arange(0, NB)
     store_blocks(CODES, D, S, words, d, s, blocks, blocks < n_blocks)
 
@@ -85,13 +94,10 @@ def quantize_when_complete(
         tl.store(COUNTS + block, 0)
         ms = tl.arange(0, BM)
         inside = ms < M  # (BM,)
-        ts = tl.arange(0, P)[None, :, None, None]
-        ws = tl.arange(0, 4)[None, None, :, None]
-        bs = tl.arange(0, 4)[None, None, None, :]
-        # byte b of code word (t, w): weight 4 (P b + t) + w of the block, of each row
-        cols = ms[:, None, None, None] * n_out + block * GROUP + 4 * (P * bs + ts) + ws
-        x = tl.load(OUT + cols, mask=inside[:, None, None, None], other=0.0, cache_modifier=".cg")
-        words, d, s = quantize_blocks(x.to(tl.float32))  # (BM, P, 4), (BM,), (BM,)
+        cols = ms[:, None] * n_out + block * GROUP + tl.arange(0, GROUP)[None, :]  # (BM, GROUP)
+        values = tl.load(OUT + cols, mask=inside[:, None], other=0.0, cache_modifier=".cg")
+        x = _in_code_order(values.to(tl.float32), BM, P)  # (BM, P, 4, 4), one block per row
+        words, d, s = quantize_blocks(x)  # (BM, P, 4), (BM,), (BM,)
         word_offs = (
             ms[:, None, None] * stride_c
             + block * (4 * P)
@@ -111,21 +117,15 @@ def _quantize_kernel(
     """Program (m, i): blocks i * BLOCKS.. of row m (of x's columns PERM[k] with GATHER)."""
     release_dependents(PDL)
     wait_for_inputs(PDL)
-    GROUP: tl.constexpr = 16 * P  # weights per block
     m = tl.program_id(0)
-    blocks = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)
-    ts = tl.arange(0, P)[None, :, None, None]
-    ws = tl.arange(0, 4)[None, None, :, None]
-    bs = tl.arange(0, 4)[None, None, None, :]
-    inside = blocks < n_blocks  # (BLOCKS,)
-    # byte b of code word (t, w): weight 4 (P b + t) + w of its block
-    cols = blocks[:, None, None, None] * GROUP + 4 * (P * bs + ts) + ws  # (BLOCKS, P, 4, 4)
+    first = tl.program_id(1) * BLOCKS
+    cols = first * (16 * P) + tl.arange(0, BLOCKS * 16 * P)  # (BLOCKS * GROUP,)
+    inside = cols < n_blocks * (16 * P)
     if GATHER:
-        cols = tl.load(PERM + cols, mask=inside[:, None, None, None], other=0)
-    x = tl.load(X + m * stride_x + cols, mask=inside[:, None, None, None], other=0.0)
-    words, d, s = quantize_blocks(x.to(tl.float32))
-    store_blocks(
-        CODES + m * stride_c, D + m * stride_d, S + m * stride_d, words, d, s, blocks, inside
+        cols = tl.load(PERM + cols, mask=inside, other=0)
+    x = tl.load(X + m * stride_x + cols, mask=inside, other=0.0)
+    store_values_as_blocks(
+        CODES + m * stride_c, D + m * stride_d, S + m * stride_d, x, first, n_blocks, P
     )
 
 

@@ -12,13 +12,15 @@ float once: a * d_x * sum(q * q_x) + b * s_x, with (a, b) the group's `sub_block
 Tiles, pipelining and the scale loads are the float matvec's (`load_weight_step`, one
 register layout for the loop); a thread's 4 words of a group meet the P = 8 / bits code
 words of the same 4 columns, one 16-byte load each. Types (`supports_int8`): all of
-the packed layouts. A byte word holds P fields of every weight byte (4-bit low fields:
-2, 2-bit: 4, 8-bit: 1); high bits are spread from `qh` into each byte's bits above the
-low ones with two shift-and-masks per word (`_spread_high_bits`). Types with 2 or 4
-sub-blocks per group (Q6_K, 16-weight GPTQ halves; Q2_K, Q3_K) take one dp4a sum per
-sub-block, through codes masked to its bytes, and one sum of those codes (per column,
-shared by the tile's rows) for the offset term. GPTQ act-order weights read x's
-columns in their sorted order: the quantizing kernel gathers them (`int8_activations`).
+the packed layouts. A weight word holds P = 8 / bits byte words (4-bit low fields: 2,
+2-bit: 4, 8-bit: 1), byte word t the weights 16 t .. 16 t + 15 of the group
+(`packing.field_slot`); high bits are spread from `qh` into each byte's bits above the
+low ones with two shift-and-masks per word (`_spread_high_bits`). A byte word never
+straddles sub-blocks, so types with 2 or 4 sub-blocks per group (Q6_K, 16-weight GPTQ
+halves; Q2_K, Q3_K) add each byte word's dp4a to its sub-block's sum, with one sum of
+its codes (per column, shared by the tile's rows) for the offset term. GPTQ act-order
+weights read x's columns in their sorted order: the quantizing kernel gathers them
+(`int8_activations`).
 
 On an H100 (benchmarks/kernel_bandwidth.py --int8, Llama-2-7B shapes) this reads Q4_K
 weights at 2.9-3.1 TB/s where the float matvec reads 1.5-2.2, and the 4096-row weights
@@ -71,9 +73,9 @@ def dot4(a, b, c, EMULATE: tl.constexpr):
 
 @triton.jit
 def _spread_high_bits(H, BITS: tl.constexpr, HBITS: tl.constexpr):
-    """High bits H of a word of BITS-bit fields (field j at bits [HBITS j, HBITS (j + 1)))
-    -> those of weight byte b (fields P b.. P b + P - 1, P = 8 / BITS) at the bottom of
-    byte b: two shift-and-masks."""
+    """High bits H of a word of BITS-bit fields (slot s at bits [HBITS s, HBITS (s + 1)),
+    `packing.field_slot`) -> those of weight byte b (slots P b.. P b + P - 1, P = 8 /
+    BITS: fields b, b + 4, ...) at the bottom of byte b: two shift-and-masks."""
     F: tl.constexpr = (8 // BITS) * HBITS  # high bits per weight byte
     x = H & ((1 << (4 * F)) - 1)  # int16 fields arrive sign-extended
     x = (x | (x << (16 - 2 * F))) & (((1 << (2 * F)) - 1) * 0x00010001)
@@ -87,24 +89,13 @@ def _group_sum(v, BM: tl.constexpr, ROWS: tl.constexpr, G: tl.constexpr):
 
 
 @triton.jit
-def _sub_block_codes(codes, s: tl.constexpr, NSUB: tl.constexpr):
-    """codes with only sub-block s's bytes kept: bytes [4 s / NSUB, 4 (s + 1) / NSUB) of
-    every code word, for NSUB sub-blocks per group."""
-    WIDTH: tl.constexpr = 32 // NSUB
-    if s == NSUB - 1:
-        kept = codes & -(1 << (WIDTH * s))  # the top bytes: every bit from WIDTH s up
-    else:
-        kept = codes & (((1 << WIDTH) - 1) << (WIDTH * s))
-    return kept
-
-
-@triton.jit
-def _sub_block_dot(q, codes, isum, qsum, ones, s: tl.constexpr, NSUB: tl.constexpr, EMULATE):
-    """(isum + the dp4a of weight bytes q (BM, BN, C) with sub-block s's codes, qsum +
-    the sum of those codes (BM, 1, C))."""
-    kept = _sub_block_codes(codes, s, NSUB)  # (BM, 1, C)
-    isum = dot4(q, tl.broadcast_to(kept, q.shape), isum, EMULATE)
-    return isum, dot4(ones, kept, qsum, EMULATE)
+def _add_codes(isum, qsum, q, codes, ones, SUMS: tl.constexpr, EMULATE: tl.constexpr):
+    """(isum + the dp4a of weight bytes q (BM, BN, C) with codes (BM, 1, C), and with
+    SUMS, qsum + the sum of those codes (per column, shared by the tile's rows))."""
+    isum = dot4(q, tl.broadcast_to(codes, q.shape), isum, EMULATE)
+    if SUMS:
+        qsum = dot4(ones, codes, qsum, EMULATE)
+    return isum, qsum
 
 
 @triton.jit
@@ -126,10 +117,10 @@ def _accumulate(
     EVEN: tl.constexpr, EMULATE: tl.constexpr,
 ):  # fmt: skip
     """acc (BM, BN, G) plus the products of the step at group g0 (words W, high bits H,
-    scales). With NSUB = 2 or 4 sub-blocks per group (fields of 4 / NSUB bytes of every
-    byte word: Q6_K's and GPTQ's halves, Q2_K's and Q3_K's quarters), each gets its own
-    dp4a sums through codes masked to its bytes, and its own sum of codes for the offset
-    term (b * d_x * sum(q_x))."""
+    scales). Byte word t holds weights 16 t.. 16 t + 15 of the group, so with NSUB = 2 or
+    4 sub-blocks per group (Q6_K's and GPTQ's halves, Q2_K's and Q3_K's quarters) its dp4a
+    sums go to sub-block t NSUB / P, each with its own sum of codes for the offset term
+    (b * d_x * sum(q_x))."""
     P: tl.constexpr = 8 // BITS  # byte words per weight word
     C: tl.constexpr = 4 * G
     BYTE_MASK: tl.constexpr = ((1 << BITS) - 1) * 0x01010101  # the low BITS of every byte
@@ -143,6 +134,7 @@ def _accumulate(
     qsum2 = tl.zeros([BM, 1, C], dtype=tl.int32)
     qsum3 = tl.zeros([BM, 1, C], dtype=tl.int32)
     ones = tl.full([BM, 1, C], 0x01010101, tl.int32)
+    SUMS: tl.constexpr = NSUB > 1  # sums of codes per sub-block (NSUB = 1 takes x's s)
     if HBITS > 0:
         spread = _spread_high_bits(H, BITS, HBITS)  # (1, BN, C)
     for t in tl.static_range(P):
@@ -154,18 +146,18 @@ def _accumulate(
         if P == 1:
             q = W
         else:
-            q = (W >> (BITS * t)) & BYTE_MASK  # fields P b + t, one per byte b
+            q = (W >> (BITS * t)) & BYTE_MASK  # fields 4 t + b, one per byte b
         if HBITS > 0:
             q = q | (((spread >> (HBITS * t)) & HIGH_MASK) << BITS)
         q = tl.broadcast_to(q, [BM, BN, C])
-        if NSUB == 1:
-            isum0 = dot4(q, tl.broadcast_to(codes, [BM, BN, C]), isum0, EMULATE)
+        if t * NSUB // P == 0:  # the sub-block of byte word t
+            isum0, qsum0 = _add_codes(isum0, qsum0, q, codes, ones, SUMS, EMULATE)
+        elif t * NSUB // P == 1:
+            isum1, qsum1 = _add_codes(isum1, qsum1, q, codes, ones, SUMS, EMULATE)
+        elif t * NSUB // P == 2:
+            isum2, qsum2 = _add_codes(isum2, qsum2, q, codes, ones, SUMS, EMULATE)
         else:
-            isum0, qsum0 = _sub_block_dot(q, codes, isum0, qsum0, ones, 0, NSUB, EMULATE)
-            isum1, qsum1 = _sub_block_dot(q, codes, isum1, qsum1, ones, 1, NSUB, EMULATE)
-            if NSUB == 4:
-                isum2, qsum2 = _sub_block_dot(q, codes, isum2, qsum2, ones, 2, NSUB, EMULATE)
-                isum3, qsum3 = _sub_block_dot(q, codes, isum3, qsum3, ones, 3, NSUB, EMULATE)
+            isum3, qsum3 = _add_codes(isum3, qsum3, q, codes, ones, SUMS, EMULATE)
     if EVEN:
         xd = tl.load(XD + meta_cols + g0)
     else:
