@@ -14,7 +14,8 @@
 #   benchmarks/gpu_suite.sh ab        # corral bench of a baseline revision and of this tree,
 #                                     # alternated, in one call (BASELINE=rev gpu_prepare.sh)
 #   benchmarks/gpu_suite.sh optin     # the CUDA tests with the untimed opt-ins on:
-#                                     # CORRAL_INT8_ACT=all, CORRAL_INT8_DOWN=1 (matvec_int8.py)
+#                                     # CORRAL_INT8_ACT=all (matvec_int8.int8_enabled),
+#                                     # CORRAL_INT8_DOWN=1 (model.fusion.int8_down_enabled)
 #   benchmarks/gpu_suite.sh int8      # 7B Q2_K / Q3_K_M tg128 and pp512 with the default and
 #                                     # with CORRAL_INT8_ACT=all, alternated
 #   benchmarks/gpu_suite.sh down      # 7B Q4_K_M / Q4_0 with CORRAL_INT8_DOWN=0 and 1, alternated

@@ -12,6 +12,7 @@ The MLP's gate and up, when packed for the Triton kernels, fuse further: their r
 interleaved (`SwiGLULinear`) so that a decode matvec computes silu(gate) * up itself.
 """
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -110,10 +111,14 @@ class SwiGLULinear(nn.Module):
 
 
 def int8_down_enabled() -> bool:
-    """`matvec_int8.int8_down_enabled` (imported when asked: it imports Triton)."""
-    from corral.kernels.triton.matvec_int8 import int8_down_enabled as enabled
-
-    return enabled()
+    """Whether SwiGLU's gate/up matvec also writes the int8 blocks of its output for the
+    down projection (CORRAL_INT8_DOWN=1; `matvec_int8`'s out_int8_bits), which saves the
+    down input's quantizing launch (32 a step for a 7B model, ~83 us of a ~2.3 ms step on
+    an H100, plus their launch gaps). Off by default until timed and run on a GPU: its
+    programs hand the blocks to the last one through atomics
+    (`int8_act.quantize_when_complete`), and Triton's interpreter, which the CPU tests
+    use, runs one program at a time."""
+    return os.environ.get("CORRAL_INT8_DOWN", "0") == "1"
 
 
 def int8_bits(projections: Sequence[nn.Module | None]) -> int:

@@ -247,16 +247,6 @@ def int8_enabled(qtype: str) -> bool:
     return setting == "all" or KERNEL_TYPES[qtype].bits == 4
 
 
-def int8_down_enabled() -> bool:
-    """Whether SwiGLU's gate/up matvec also writes the int8 blocks of its output for the
-    down projection (CORRAL_INT8_DOWN=1), which saves the down input's quantizing launch
-    (32 a step for a 7B model, ~83 us of a ~2.3 ms step on an H100, plus their launch
-    gaps). Off by default until timed and run on a GPU: its programs hand the blocks to
-    the last one through atomics (`int8_act.quantize_when_complete`), and Triton's
-    interpreter, which the CPU tests use, runs one program at a time."""
-    return os.environ.get("CORRAL_INT8_DOWN", "0") == "1"
-
-
 @dataclass(frozen=True)
 class Int8Tiles:
     """A program's block_n rows, `groups` groups of 4 words per step (fewer when a row has
