@@ -7,7 +7,9 @@ many weights). Here, as in llama.cpp's mmvq, the activations come quantized to i
 weight group (`corral.kernels.act_quant`), and one `dp4a` multiplies four weight bytes by
 four activation codes into an int32 sum: a 4-bit word of 8 weights costs two masks, one
 shift and two dp4a; a Q8_0 word, one dp4a. Per group and row the int32 sum becomes
-float once: a * d_x * sum(q * q_x) + b * s_x, with (a, b) the group's `sub_block_ab`.
+float once: a * d_x * sum(q * q_x) + b * s_x, with (a, b) the group's `sub_block_ab`;
+Q2_K, Q3_K and Q6_K, whose sub-block scales are small integers, first weigh their
+sub-blocks' sums in int32 (`_integer_sub_block_sums`).
 
 Tiles, pipelining and the scale loads are the float matvec's (`load_weight_step`, one
 register layout for the loop); a thread's 4 words of a group meet the P = 8 / bits code
@@ -45,7 +47,13 @@ import triton.language as tl
 from corral.kernels.act_quant import Int8Activations, group_weights
 from corral.kernels.gptq import parse_gptq_qtype
 from corral.kernels.packing import BLOCKS, PackedWeight
-from corral.kernels.triton.decode import KERNEL_TYPES, kernel_args, sub_block_ab
+from corral.kernels.triton.decode import (
+    KERNEL_TYPES,
+    NIBBLE_SC_MIN,
+    SIGNED_SC,
+    kernel_args,
+    sub_block_ab,
+)
 from corral.kernels.triton.int8_act import (
     attach_int8,
     block_counters,
@@ -106,6 +114,27 @@ def _sub_block_sum(
     """Sub-block s's a * sum(q * q_x) + b * sum(q_x) per group: (BM, BN, G) float32."""
     a, b = sub_block_ab(sc, d, dm, s, KIND, OFFSET)  # (1, BN, G) each
     return a * _group_sum(isum, BM, BN, G) + b * _group_sum(qsum, BM, 1, G)
+
+
+@triton.jit
+def _integer_sub_block_sums(
+    isum, qsum, sc, s: tl.constexpr, KIND: tl.constexpr, OFFSET: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, G: tl.constexpr,
+):  # fmt: skip
+    """Sub-block s's sums per group for the k-quants whose sub-block scales are integers
+    (Q2_K: a = d sc, b = -dmin m; Q3_K, Q6_K: a = d sc, b = -OFFSET a), in int32: (sc *
+    sum(q q_x), m * sum(q_x)), (BM, BN, G) each; for the signed ones the offset term is
+    in the first and the second is 0. Exact: at most 16 weights of 6 bits times codes of
+    127, times a scale of 8 bits, per sub-block."""
+    dots = tl.sum(tl.reshape(isum, [BM, BN, G, 4]), axis=3)  # (BM, BN, G)
+    codes = tl.sum(tl.reshape(qsum, [BM, 1, G, 4]), axis=3)  # (BM, 1, G)
+    if KIND == NIBBLE_SC_MIN:
+        byte = (sc >> (8 * s)) & 0xFF  # (1, BN, G): sc | m << 4
+        scaled, mins = (byte & 0xF) * dots, (byte >> 4) * codes
+    else:
+        scaled = ((sc << (24 - 8 * s)) >> 24) * (dots - OFFSET * codes)  # int8 sc
+        mins = tl.zeros_like(scaled)
+    return scaled, mins
 
 
 @triton.jit
@@ -170,6 +199,21 @@ def _accumulate(
             xs = tl.load(XS + meta_cols + g0, mask=inside, other=0.0)
         a0, b0 = sub_block_ab(sc, d, dm, 0, KIND, OFFSET)  # (1, BN, G) each
         out = acc + a0 * (xd * _group_sum(isum0, BM, BN, G)) + b0 * xs
+    elif KIND == NIBBLE_SC_MIN or KIND == SIGNED_SC:  # one conversion to float per group
+        scaled, mins = _integer_sub_block_sums(isum0, qsum0, sc, 0, KIND, OFFSET, BM, BN, G)
+        scaled1, mins1 = _integer_sub_block_sums(isum1, qsum1, sc, 1, KIND, OFFSET, BM, BN, G)
+        scaled += scaled1
+        mins += mins1
+        if NSUB == 4:
+            scaled2, mins2 = _integer_sub_block_sums(
+                isum2, qsum2, sc, 2, KIND, OFFSET, BM, BN, G
+            )  # fmt: skip
+            scaled3, mins3 = _integer_sub_block_sums(
+                isum3, qsum3, sc, 3, KIND, OFFSET, BM, BN, G
+            )  # fmt: skip
+            scaled += scaled2 + scaled3
+            mins += mins2 + mins3
+        out = acc + xd * (d * scaled.to(tl.float32) - dm * mins.to(tl.float32))
     else:
         sums = _sub_block_sum(isum0, qsum0, sc, d, dm, 0, KIND, OFFSET, BM, BN, G)
         sums += _sub_block_sum(isum1, qsum1, sc, d, dm, 1, KIND, OFFSET, BM, BN, G)
