@@ -26,6 +26,9 @@ from corral.kernels.triton import int8_act
 from corral.kernels.triton.decode import KERNEL_TYPES
 from corral.kernels.triton.int8_act import quantize_activations
 from corral.kernels.triton.matvec_int8 import (
+    FIVES_COPIES,
+    FIVES_SLOTS,
+    FIVES_TARGETS,
     Int8Tiles,
     int8_enabled,
     matvec_int8,
@@ -155,6 +158,17 @@ def test_gptq_layouts_match_their_dequantization(bits, group_size, m, device: st
         quantize_activations_reference(x[:, order], kt_bits)
     ).double()  # the rounded activations, back in x's column order
     assert_matches(matvec_int8(xq, pw, torch.float32), values @ dequantize_gptq(qt).double().T)
+
+
+def test_the_fives_multiply_places_every_high_bit_byte():
+    """`_high_bit_of_fives`' constants: for every high-bit byte h of a 5-bit weight word and
+    both byte words t, the multiply puts slot 2 b + t of h at bit 4 of byte b, nothing
+    else (the matvec's Q5 products above test it in the kernel)."""
+    slots, copies, targets = FIVES_SLOTS.value, FIVES_COPIES.value, FIVES_TARGETS.value
+    for t in (0, 1):
+        for h in range(256):
+            placed = ((h & (slots << t)) * (copies >> t)) & targets
+            assert placed == sum(((h >> (2 * b + t)) & 1) << (8 * b + 4) for b in range(4))
 
 
 def test_types_and_switch(monkeypatch):

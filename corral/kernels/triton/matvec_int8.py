@@ -90,6 +90,22 @@ def _spread_high_bits(H, BITS: tl.constexpr, HBITS: tl.constexpr):
     return (x | (x << (8 - F))) & (((1 << F) - 1) * 0x01010101)
 
 
+# `_high_bit_of_fives`: byte word t's bits of the 5-bit types' high-bit byte, their copies
+# by the multiplier, and where the wanted copies land (bit 4 of each byte)
+FIVES_SLOTS = tl.constexpr(0x55)
+FIVES_COPIES = tl.constexpr(0x410410)
+FIVES_TARGETS = tl.constexpr(0x10101010)
+
+
+@triton.jit
+def _high_bit_of_fives(H, t: tl.constexpr):
+    """The 5-bit types' high bits (one byte of 8 one-bit slots, `packing.field_slot`) of
+    byte word t (slots 2 b + t) at bit 4 of byte b, in one multiply: slot 2 b + t's copy
+    shifted by 4 + 6 b - t lands on bit 8 b + 4, and no other copy or carry reaches those
+    bits (tests/kernels/test_matvec_int8.py checks every byte)."""
+    return ((H & (FIVES_SLOTS << t)) * (FIVES_COPIES >> t)) & FIVES_TARGETS
+
+
 @triton.jit
 def _group_sum(v, BM: tl.constexpr, ROWS: tl.constexpr, G: tl.constexpr):
     """(BM, ROWS, 4 G) int32 -> the float32 sums over each group's 4 words (BM, ROWS, G)."""
@@ -164,7 +180,8 @@ def _accumulate(
     qsum3 = tl.zeros([BM, 1, C], dtype=tl.int32)
     ones = tl.full([BM, 1, C], 0x01010101, tl.int32)
     SUMS: tl.constexpr = NSUB > 1  # sums of codes per sub-block (NSUB = 1 takes x's s)
-    if HBITS > 0:
+    ONE_HIGH_BIT: tl.constexpr = BITS == 4 and HBITS == 1  # Q5_*: `_high_bit_of_fives`
+    if HBITS > 0 and not ONE_HIGH_BIT:
         spread = _spread_high_bits(H, BITS, HBITS)  # (1, BN, C)
     for t in tl.static_range(P):
         ptrs = CODES + code_cols + g0 * (4 * P) + 4 * t  # (BM, 1, C)
@@ -176,7 +193,9 @@ def _accumulate(
             q = W
         else:
             q = (W >> (BITS * t)) & BYTE_MASK  # fields 4 t + b, one per byte b
-        if HBITS > 0:
+        if ONE_HIGH_BIT:
+            q = q | _high_bit_of_fives(H, t)
+        elif HBITS > 0:
             q = q | (((spread >> (HBITS * t)) & HIGH_MASK) << BITS)
         q = tl.broadcast_to(q, [BM, BN, C])
         if t * NSUB // P == 0:  # the sub-block of byte word t
