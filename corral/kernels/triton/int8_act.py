@@ -38,18 +38,20 @@ def quantize_blocks(x):
 
 
 @triton.jit
-def store_blocks(CODES, D, S, words, d, s, blocks, inside):
-    """Store `quantize_blocks`' results for block indices `blocks` (NB,) of one row (row
-    pointers CODES, D, S) where `inside`."""
+def store_blocks(CODES, D, S, words, d, s, index, inside, code_stride, meta_stride):
+    """Store `quantize_blocks`' results for NB blocks at `index` (NB,) where `inside`:
+    block i's code words at CODES + index[i] * code_stride, its d and s at D, S +
+    index[i] * meta_stride (blocks of one row: index = block numbers, strides 4 P and 1;
+    one block of several rows: index = rows, the row strides)."""
     P: tl.constexpr = words.shape[1]
     word_offs = (
-        blocks[:, None, None] * (4 * P)
+        index[:, None, None] * code_stride
         + 4 * tl.arange(0, P)[None, :, None]
         + tl.arange(0, 4)[None, None, :]
     )  # (NB, P, 4): code word (t, w) of each block
     tl.store(CODES + word_offs, words, mask=inside[:, None, None])
-    tl.store(D + blocks, d, mask=inside)
-    tl.store(S + blocks, s, mask=inside)
+    tl.store(D + index * meta_stride, d, mask=inside)
+    tl.store(S + index * meta_stride, s, mask=inside)
 
 
 @triton.jit
@@ -68,7 +70,7 @@ def store_values_as_blocks(CODES, D, S, values, first_block, n_blocks, P: tl.con
     NB: tl.constexpr = values.shape[0] // (16 * P)
     words, d, s = quantize_blocks(_in_code_order(values.to(tl.float32), NB, P))
     blocks = first_block + tl.arange(0, NB)
-    store_blocks(CODES, D, S, words, d, s, blocks, blocks < n_blocks)
+    store_blocks(CODES, D, S, words, d, s, blocks, blocks < n_blocks, 4 * P, 1)
 
 
 @triton.jit
@@ -98,15 +100,10 @@ def quantize_when_complete(
         values = tl.load(OUT + cols, mask=inside[:, None], other=0.0, cache_modifier=".cg")
         x = _in_code_order(values.to(tl.float32), BM, P)  # (BM, P, 4, 4), one block per row
         words, d, s = quantize_blocks(x)  # (BM, P, 4), (BM,), (BM,)
-        word_offs = (
-            ms[:, None, None] * stride_c
-            + block * (4 * P)
-            + 4 * tl.arange(0, P)[None, :, None]
-            + tl.arange(0, 4)[None, None, :]
-        )  # (BM, P, 4): code word (t, w) of the block in each row
-        tl.store(CODES + word_offs, words, mask=inside[:, None, None])
-        tl.store(D + ms * stride_d + block, d, mask=inside)
-        tl.store(S + ms * stride_d + block, s, mask=inside)
+        store_blocks(
+            CODES + block * (4 * P), D + block, S + block, words, d, s, ms, inside,
+            stride_c, stride_d,
+        )  # fmt: skip
 
 
 @triton.jit
