@@ -104,8 +104,8 @@ def test_swiglu_epilogue_writes_the_int8_blocks_of_its_output(m, bits, tiles, de
     left at zero for the next launch."""
     (gate, _), (up, _) = (weight("Q4_K", 64, device, seed) for seed in (5, 6))
     xq, _ = quantized(m, "Q4_K", device, scale=1 / 16)
-    y = matvec_int8(xq, interleave_rows(gate, up), torch.float16, tiles, swiglu=True,
-                    out_int8_bits=bits)  # fmt: skip
+    pairs = interleave_rows(gate, up)
+    y = matvec_int8(xq, pairs, torch.float16, tiles, swiglu=True, out_int8_bits=bits)
     monkeypatch.setattr(int8_act, "quantize_activations", None)  # would fail if called
     blocks = int8_act.int8_activations(y, bits)
     want = quantize_activations_reference(y.cpu(), bits)
