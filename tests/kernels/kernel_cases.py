@@ -76,9 +76,16 @@ def decode_input(x: torch.Tensor, weight: object) -> torch.Tensor:
     int8 = isinstance(weight, PackedWeight) and int8_enabled(weight.qtype)
     if rows.shape[0] > MATVEC_MAX_M or not int8:
         return x32
-    perm = weight.tensors.get("perm")  # GPTQ act-order: the blocks of the gathered columns
+    bits = KERNEL_TYPES[weight.qtype].bits
+    return int8_rounded(rows, bits, weight.tensors.get("perm")).reshape(x32.shape)
+
+
+def int8_rounded(rows: torch.Tensor, bits: int, perm: torch.Tensor | None) -> torch.Tensor:
+    """rows (M, K) after the int8 rounding for `bits`-bit weights (the quantizing kernel's
+    torch twin), float32 on the CPU in x's column order; with `perm` (GPTQ act-order) the
+    blocks are those of the gathered columns, as the kernel makes them."""
+    rows = rows.float().cpu()
     order = torch.arange(rows.shape[1]) if perm is None else perm.long().cpu()  # (K,)
-    blocks = quantize_activations_reference(rows[:, order], KERNEL_TYPES[weight.qtype].bits)
     values = torch.empty_like(rows)
-    values[:, order] = dequantize_activations(blocks)  # back to x's column order
-    return values.reshape(x32.shape)
+    values[:, order] = dequantize_activations(quantize_activations_reference(rows[:, order], bits))
+    return values  # (M, K)

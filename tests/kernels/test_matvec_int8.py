@@ -17,7 +17,7 @@ quantizing kernel.
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_cases import gguf_bytes, oracle_weight
+from kernel_cases import gguf_bytes, int8_rounded, oracle_weight
 from test_gptq_kernels import own_layer, packed
 
 from corral.kernels.act_quant import dequantize_activations, quantize_activations_reference
@@ -152,11 +152,7 @@ def test_gptq_layouts_match_their_dequantization(bits, group_size, m, device: st
     x = torch.randn(m, qt.shape[1], generator=torch.Generator().manual_seed(m)).half()
     kt_bits = KERNEL_TYPES[pw.qtype].bits
     xq = quantize_activations(x.to(device), kt_bits, perm)
-    order = perm.long().cpu()
-    values = torch.empty(m, qt.shape[1], dtype=torch.float64)
-    values[:, order] = dequantize_activations(
-        quantize_activations_reference(x[:, order], kt_bits)
-    ).double()  # the rounded activations, back in x's column order
+    values = int8_rounded(x, kt_bits, perm).double()  # (m, K), x's column order
     assert_matches(matvec_int8(xq, pw, torch.float32), values @ dequantize_gptq(qt).double().T)
 
 
